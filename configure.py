@@ -1,0 +1,121 @@
+"""Every default of the trainer, in one place.
+
+Each field becomes a command-line flag of the same name in ``main.py``; the comment after a default
+gives its unit or source. The resolved configuration is printed at start and stored, as a plain
+dict, in every checkpoint.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # the official python version
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published beside the archive
+
+
+class ConfigError(ValueError):
+    """A configuration value a user set is unusable; the message names the flag."""
+
+
+def _opt(default, help_text, **kwargs):
+    return field(default=default, metadata={"help": help_text, **kwargs})
+
+
+@dataclass
+class Config:
+    # --- network (He et al. 2016, Sec. 4.2) ---
+    resnet_version: int = _opt(1, "1: standard blocks (ResNet v1); 2: pre-activation bottlenecks (v2)",
+                               choices=(1, 2))
+    resnet_size: int = _opt(3, "blocks per stack n: depth 6n+2 for v1 (3 -> ResNet-20), 9n+2 for v2 "
+                               "(18 -> ResNet-164)")
+    first_num_filters: int = _opt(16, "filters of the first stack; doubled at each later stack (paper: 16)")
+    num_classes: int = _opt(10, "number of classes (CIFAR-10)")
+
+    # --- optimization (paper Sec. 4.2; weight decay as in the course skeleton) ---
+    batch_size: int = _opt(128, "images per training step (paper: 128)")
+    learning_rate: float = _opt(0.1, "initial SGD learning rate (paper: 0.1)")
+    momentum: float = _opt(0.9, "SGD momentum (paper: 0.9)")
+    weight_decay: float = _opt(2e-4, "L2 weight decay (course skeleton: 2e-4; paper: 1e-4)")
+    lr_decay_epochs: Tuple[int, ...] = _opt((100, 150), "epochs after which the learning rate is "
+                                            "multiplied by lr_decay_factor (paper: 32k and 48k "
+                                            "iterations, about 91 and 137 epochs)", nargs="*")
+    lr_decay_factor: float = _opt(0.1, "learning-rate multiplier at each decay epoch (paper: 0.1)")
+    max_epoch: int = _opt(200, "epochs to train (course skeleton: 200; paper: 64k iterations, ~182)")
+    save_interval: int = _opt(10, "write a checkpoint every this many epochs (and at the last one)")
+    seed: int = _opt(0, "seed of the initial weights, the batch order and the augmentation")
+
+    # --- data ---
+    split_index: int = _opt(45000, "training images before the validation split (paper: 45k/5k)")
+    train_all: bool = _opt(False, "train on all 50,000 images with no validation (the course's "
+                                  "final step)")
+    pad_mode: str = _opt("constant", "padding before the random crop: constant (zeros, paper) or "
+                                     "reflect", choices=("constant", "reflect"))
+    data_dir: str = _opt("./data", "folder holding cifar-10-batches-py (or the batches themselves)")
+    download: bool = _opt(True, "fetch the official CIFAR-10 archive when data_dir holds none")
+    download_url: str = _opt(CIFAR10_URL, "where to fetch CIFAR-10 from (a mirror may be given)")
+    modeldir: str = _opt("./model_v1", "folder for checkpoints and predictions")
+
+    # --- hardware ---
+    device: str = _opt("auto", "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+    channels_last: str = _opt("auto", "channels-last memory format: auto (on), on, off "
+                                      "(measured faster on CPU and on GPU)", choices=("auto", "on", "off"))
+    amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA where supported, else fp16 with a "
+                            "gradient scaler; off on CPU/MPS), bf16, fp16, off",
+                    choices=("auto", "bf16", "fp16", "off"))
+    compile: bool = _opt(False, "torch.compile the network (opt-in: slow to start)")
+    cudnn_benchmark: bool = _opt(True, "let cuDNN pick the fastest convolution algorithms (CUDA only)")
+    eval_batch_size: int = _opt(1000, "images per batch when evaluating and predicting")
+
+    def __post_init__(self):
+        self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
+
+    def validate(self, n_train: int = None) -> "Config":
+        """Raise ConfigError naming the first flag that makes no sense; return self."""
+        positive_ints = ("resnet_size", "first_num_filters", "batch_size", "max_epoch",
+                         "save_interval", "eval_batch_size", "split_index")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"--{name} must be a positive integer, not {value!r}.")
+        if self.resnet_version not in (1, 2):
+            raise ConfigError(f"--resnet_version must be 1 or 2, not {self.resnet_version!r}.")
+        if self.num_classes < 2:
+            raise ConfigError(f"--num_classes must be at least 2, not {self.num_classes}.")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning_rate must be positive, not {self.learning_rate}.")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), not {self.momentum}.")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight_decay must be zero or positive, not {self.weight_decay}.")
+        if not 0 < self.lr_decay_factor <= 1:
+            raise ConfigError(f"--lr_decay_factor must be in (0, 1], not {self.lr_decay_factor}.")
+        decay = list(self.lr_decay_epochs)
+        if any(e < 1 for e in decay) or decay != sorted(set(decay)):
+            raise ConfigError(f"--lr_decay_epochs must be positive epochs in increasing order, "
+                              f"not {' '.join(map(str, decay))}.")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be zero or positive, not {self.seed}.")
+        if n_train is not None and self.batch_size > n_train:
+            raise ConfigError(f"--batch_size {self.batch_size} is larger than the {n_train} training "
+                              f"images; use a smaller batch size or more data.")
+        return self
+
+    def to_dict(self) -> dict:
+        """Plain types only, so a checkpoint holding it loads with weights_only=True."""
+        d = dataclasses.asdict(self)
+        d["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# Keys that define what a run computes; resuming with any of them changed is refused.
+# max_epoch and save_interval may change (to extend a run), as may the hardware settings.
+RUN_DEFINING_KEYS: List[str] = [
+    "resnet_version", "resnet_size", "first_num_filters", "num_classes",
+    "batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay_epochs", "lr_decay_factor",
+    "seed", "split_index", "train_all", "pad_mode",
+]
+ARCHITECTURE_KEYS: List[str] = ["resnet_version", "resnet_size", "first_num_filters", "num_classes"]

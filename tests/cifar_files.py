@@ -1,0 +1,81 @@
+"""Small CIFAR-10 data sets in the official formats, made by the tests themselves."""
+import os
+import pickle
+import struct
+
+import numpy as np
+
+TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes bytes the way Python 2 wrote its str: SHORT_BINSTRING / BINSTRING opcodes, as in the
+    official CIFAR-10 files (Python 3 would write them through _codecs.encode)."""
+
+    def save_bytes(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+
+    def save_global(self, obj, name=None):
+        # numpy 2 names its reconstructor numpy._core...; the official files say numpy.core...
+        module = getattr(obj, "__module__", "")
+        if module.startswith("numpy._core"):
+            self.write(pickle.GLOBAL + module.replace("numpy._core", "numpy.core").encode()
+                       + b"\n" + (name or obj.__name__).encode() + b"\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+    dispatch[type(len)] = save_global
+    dispatch[type] = save_global
+
+
+def py2_dumps(obj) -> bytes:
+    import io
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def make_batch(n: int, rng: np.random.Generator, num_classes: int = 10, learnable: bool = True):
+    """n images and labels; with learnable, each class has its own colour so a net can learn it."""
+    labels = rng.integers(0, num_classes, n)
+    data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+    if learnable:
+        planes = data.reshape(n, 3, 1024)
+        for c in range(num_classes):
+            rows = labels == c
+            planes[rows, c % 3] //= 4  # a dark plane whose position depends on the class
+            planes[rows, (c // 3) % 3, :256 * (1 + c % 4)] = 255
+    return data, labels
+
+
+def write_cifar(folder: str, n_per_batch: int = 20, n_test: int = 20, seed: int = 0,
+                style: str = "py2", learnable: bool = True, num_classes: int = 10) -> str:
+    """Write data_batch_1..5 and test_batch under folder/cifar-10-batches-py; return that path.
+
+    style: "py2" (official byte format), or "p2".."p5" (the dicts re-saved by Python 3 with that
+    pickle protocol and str keys).
+    """
+    out = os.path.join(folder, "cifar-10-batches-py")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, n in [(b, n_per_batch) for b in TRAIN] + [("test_batch", n_test)]:
+        data, labels = make_batch(n, rng, num_classes, learnable)
+        if style == "py2":
+            blob = py2_dumps({b"batch_label": name.encode(), b"labels": [int(v) for v in labels],
+                              b"data": data,
+                              b"filenames": [f"img_{i}.png".encode() for i in range(n)]})
+        else:
+            blob = pickle.dumps({"batch_label": name, "labels": [int(v) for v in labels],
+                                 "data": data, "filenames": [f"img_{i}.png" for i in range(n)]},
+                                protocol=int(style[1:]))
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(blob)
+    return out
