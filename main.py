@@ -16,14 +16,32 @@ import numpy as np
 from configure import Config, ConfigError
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only where a flag has a default of its own to show."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _resume_value(text: str):
+    """--resume N: a checkpoint number; "latest" (the flag alone) means the newest."""
+    if text == "latest":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a checkpoint number, not {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="ResNets on CIFAR-10: train, test checkpoints, predict a private set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     run = parser.add_argument_group("what to do")
     run.add_argument("--mode", choices=("train", "test", "predict"), default="train",
                      help="train a network, test saved checkpoints, or predict a private set")
     run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="N",
+                     type=_resume_value,
                      help="train: continue from checkpoint N, or from the newest valid one in "
                           "modeldir when N is left out")
     run.add_argument("--checkpoints", type=int, nargs="+", metavar="N",
@@ -44,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             group = cfg.add_mutually_exclusive_group()
             group.add_argument(f"--{f.name}", dest=f.name, action="store_true", default=f.default,
                                help=meta["help"])
+            # SUPPRESS: the default is the field's, set (and shown) by the flag above.
             group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
-                               help=f"turn {f.name} off")
+                               default=argparse.SUPPRESS, help=f"turn {f.name} off")
             continue
         kind = type(f.default) if not isinstance(f.default, tuple) else int
         cfg.add_argument(f"--{f.name}", type=kind, default=f.default, help=meta["help"],

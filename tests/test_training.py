@@ -1,0 +1,238 @@
+"""Training and evaluation in process: learning, determinism, schedule, hardware, evaluation."""
+import numpy as np
+import pytest
+import torch
+
+import Model
+from cifar_files import make_batch
+from configure import Config
+from Model import MyModel, batch_slices, epoch_plan, lr_at
+
+
+def tiny_config(tmp_path, **overrides) -> Config:
+    values = dict(resnet_size=1, first_num_filters=4, batch_size=8, max_epoch=2, save_interval=100,
+                  lr_decay_epochs=(), device="cpu", modeldir=str(tmp_path / "model"),
+                  eval_batch_size=64)
+    values.update(overrides)
+    return Config(**values)
+
+
+def tiny_model(tmp_path, **overrides) -> MyModel:
+    return MyModel(tiny_config(tmp_path, **overrides), log=lambda *a: None)
+
+
+def data(n: int, seed: int = 0):
+    return make_batch(n, np.random.default_rng(seed))
+
+
+def state_of(model: MyModel) -> dict:
+    return {k: v.detach().clone() for k, v in model.network.state_dict().items()}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+# --------------------------------------------------------------------------------------------
+# Learning
+
+def test_loss_falls_on_a_learnable_set(tmp_path):
+    x, y = data(64)
+    history = tiny_model(tmp_path, first_num_filters=8, max_epoch=6).train(x, y)
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4, 5, 6]
+    losses = [m["train_loss"] for m in history]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert history[-1]["train_acc"] > history[0]["train_acc"]
+
+
+def test_overfits_one_batch(tmp_path):
+    x, y = data(16, seed=1)
+    model = tiny_model(tmp_path, first_num_filters=8, batch_size=16, max_epoch=60)
+    history = model.train(x, y)
+    assert history[-1]["train_acc"] == 1.0
+    assert history[-1]["train_loss"] < 0.05, history[-1]
+    # The network in evaluation mode (running BN statistics, no augmentation) knows the batch too.
+    assert model.accuracy(x, y) == 1.0
+
+
+def test_seeded_runs_are_bit_identical_and_seeds_differ(tmp_path):
+    x, y = data(32)
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        model = tiny_model(tmp_path / name, seed=seed)
+        history = model.train(x, y)
+        runs[name] = (state_of(model), [m["train_loss"] for m in history])
+    (a, loss_a), (b, loss_b), (c, loss_c) = runs["a"], runs["b"], runs["c"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loss_a == loss_b
+    assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
+    assert loss_a != loss_c
+
+
+# --------------------------------------------------------------------------------------------
+# Schedule and epoch plans
+
+@pytest.mark.parametrize("epoch, expected", [(1, 0.1), (2, 0.1), (3, 0.01), (4, 0.01), (5, 0.001),
+                                             (200, 0.001)])
+def test_lr_at_decays_after_each_decay_epoch(epoch, expected):
+    config = Config(learning_rate=0.1, lr_decay_epochs=(2, 4), lr_decay_factor=0.1)
+    assert lr_at(config, epoch) == pytest.approx(expected, rel=1e-12)
+
+
+def test_lr_at_without_decay_epochs_is_constant():
+    config = Config(learning_rate=0.05, lr_decay_epochs=())
+    assert {lr_at(config, e) for e in (1, 10, 1000)} == {0.05}
+
+
+def test_training_uses_the_schedule(tmp_path):
+    x, y = data(16)
+    model = tiny_model(tmp_path, max_epoch=5, lr_decay_epochs=(2, 4), batch_size=16)
+    history = model.train(x, y)
+    assert [m["lr"] for m in history] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    assert model.optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+
+
+def test_epoch_plan_is_a_deterministic_function_of_seed_and_epoch():
+    n = 50
+    order, offsets, flips = epoch_plan(n, 3, 7)
+    again = epoch_plan(n, 3, 7)
+    for a, b in zip((order, offsets, flips), again):
+        assert torch.equal(a, b)
+    assert sorted(order.tolist()) == list(range(n))
+    assert offsets.shape == (n, 2) and int(offsets.min()) >= 0 and int(offsets.max()) <= 8
+    assert flips.shape == (n,) and flips.dtype == torch.bool
+    assert not torch.equal(epoch_plan(n, 4, 7)[0], order)  # another epoch
+    assert not torch.equal(epoch_plan(n, 3, 8)[0], order)  # another seed
+
+
+@pytest.mark.parametrize("n, batch_size", [(20, 4), (17, 4), (9, 8), (3, 8)])
+def test_batch_slices_for_two_processes_are_disjoint_and_cover_every_position(n, batch_size):
+    shares = [torch.cat(batch_slices(n, batch_size, rank, 2)).tolist() for rank in (0, 1)]
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == list(range(n))
+    for rank in (0, 1):
+        assert all(len(b) <= batch_size for b in batch_slices(n, batch_size, rank, 2))
+    # One process takes every position, in order.
+    assert torch.cat(batch_slices(n, batch_size)).tolist() == list(range(n))
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware options give the same numbers
+
+def test_channels_last_on_and_off_agree(tmp_path):
+    x, y = data(32)
+    on = tiny_model(tmp_path / "on", channels_last="on")
+    off = tiny_model(tmp_path / "off", channels_last="off")
+    conv = on.network.start_layer[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert off.network.start_layer[0].weight.is_contiguous()
+    torch.testing.assert_close(on._logits(x), off._logits(x), atol=1e-5, rtol=1e-5)
+    on.train(x, y)
+    off.train(x, y)
+    assert max_difference(state_of(on), state_of(off)) < 1e-4
+    torch.testing.assert_close(on._logits(x), off._logits(x), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(tmp_path):
+    x, y = data(32)
+    bf16 = tiny_model(tmp_path / "bf16", amp="bf16", max_epoch=1)
+    fp32 = tiny_model(tmp_path / "fp32", amp="off", max_epoch=1)
+    assert bf16.amp_dtype == torch.bfloat16 and fp32.amp_dtype is None
+    bf16.train(x, y)
+    assert np.isfinite(bf16.history[-1]["train_loss"])
+    fp32.network.load_state_dict(bf16.network.state_dict())
+    low, full = bf16._logits(x), fp32._logits(x)
+    assert low.dtype == torch.float32
+    assert not torch.equal(low, full)  # bf16 really ran
+    torch.testing.assert_close(low, full, atol=0.1, rtol=0.05)
+    top2 = full.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.2  # argmax agreement where fp32 has a clear winner
+    assert torch.equal(low.argmax(1)[clear], full.argmax(1)[clear])
+
+
+def test_compile_gives_the_same_logits(tmp_path):
+    x, _ = data(16)
+    compiled = tiny_model(tmp_path / "c", compile=True, eval_batch_size=16)
+    eager = tiny_model(tmp_path / "e", eval_batch_size=16)
+    assert compiled.forward_net is not compiled.network
+    torch.testing.assert_close(compiled._logits(x), eager._logits(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager_and_saves_plain_names(tmp_path):
+    x, y = data(16)
+    compiled = tiny_model(tmp_path / "c", compile=True, max_epoch=1, batch_size=16)
+    eager = tiny_model(tmp_path / "e", max_epoch=1, batch_size=16)
+    compiled.train(x, y)
+    eager.train(x, y)
+    assert max_difference(state_of(compiled), state_of(eager)) < 1e-4
+    ckpt = torch.load(Model.checkpoint_path(compiled.config.modeldir, 1), weights_only=True)
+    assert not any(k.startswith("_orig_mod.") or k.startswith("module.") for k in ckpt["model"])
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+def test_predict_prob_gives_probability_rows(tmp_path):
+    x, y = data(20)
+    model = tiny_model(tmp_path, num_classes=10, max_epoch=1)
+    model.train(x, y)
+    for images in (x, x.astype(np.float32)):
+        p = model.predict_prob(images)
+        assert isinstance(p, np.ndarray) and p.dtype == np.float32 and p.shape == (20, 10)
+        assert (p >= 0).all()
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+        assert np.array_equal(p.argmax(1), model._logits(x).argmax(1).numpy())
+
+
+def test_predict_prob_does_not_depend_on_the_rest_of_the_batch(tmp_path):
+    x, y = data(20)
+    model = tiny_model(tmp_path, max_epoch=1, eval_batch_size=7)
+    model.train(x, y)
+    np.testing.assert_allclose(model.predict_prob(x)[:5], model.predict_prob(x[:5]), atol=1e-6)
+
+
+def test_test_or_validate_scores_each_checkpoint(tmp_path):
+    x, y = data(24)
+    xt, yt = data(20, seed=5)
+    trainer = tiny_model(tmp_path, max_epoch=3, save_interval=1)
+    trainer.train(x, y)
+    lines = []
+    evaluator = MyModel(trainer.config, log=lines.append)
+    results = evaluator.test_or_validate(xt, yt, [1, 3], "test")
+    assert list(results) == [1, 3]
+    for num, acc in results.items():
+        assert 0.0 <= acc <= 1.0
+        assert round(acc * len(yt)) == pytest.approx(acc * len(yt))  # a fraction of the 20 images
+        fresh = MyModel(trainer.config, log=lambda *a: None)
+        fresh.load(num)
+        expected = (fresh.predict_prob(xt).argmax(1) == yt).mean()
+        assert acc == pytest.approx(expected)
+    assert len(lines) == 2 and "model-1.ckpt" in lines[0] and "model-3.ckpt" in lines[1]
+
+
+def test_test_or_validate_checks_every_number_before_evaluating(tmp_path):
+    x, y = data(16)
+    trainer = tiny_model(tmp_path, max_epoch=2, save_interval=1)
+    trainer.train(x, y)
+    lines = []
+    evaluator = MyModel(trainer.config, log=lines.append)
+    with pytest.raises(Model.CheckpointError, match=r"no checkpoint 5 .*1, 2"):
+        evaluator.test_or_validate(x, y, [1, 5])
+    assert lines == []
+
+
+def test_evaluation_changes_neither_parameters_nor_bn_statistics(tmp_path):
+    x, y = data(24)
+    model = tiny_model(tmp_path, max_epoch=1)
+    model.train(x, y)  # no validation set: the network is left in training mode
+    assert model.network.training
+    before = state_of(model)
+    model.predict_prob(x)
+    model.accuracy(x, y)
+    after = state_of(model)
+    assert any("running_mean" in k for k in before)
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"{k} changed during evaluation"
