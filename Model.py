@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ImageUtils
+from DataReader import fingerprint
 from NetWork import ResNet, depth_of
-from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config
+from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config, ConfigError
 
 CHECKPOINT_FORMAT = 1
 INTERRUPTED = "interrupted.ckpt"
@@ -68,14 +69,14 @@ def select_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise CheckpointError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N "
                               f"or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"--device {name} was asked for but CUDA is not available; use "
+        raise ConfigError(f"--device {name} was asked for but CUDA is not available; use "
                               f"--device cpu or auto.")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
                                      and torch.backends.mps.is_available()):
-        raise CheckpointError(f"--device {name} was asked for but MPS is not available; use "
+        raise ConfigError(f"--device {name} was asked for but MPS is not available; use "
                               f"--device cpu or auto.")
     return device
 
@@ -382,6 +383,9 @@ class MyModel:
                 return path, load_checkpoint(path)
             except CheckpointError as e:
                 self.log(f"skipping {path}: {e}")
+        if candidates:  # starting anew would overwrite them; let the user decide
+            raise CheckpointError(f"no checkpoint in {self.config.modeldir} is loadable, so there "
+                                  f"is nothing to resume from; move them away to start anew.")
         return None, None
 
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):
@@ -396,7 +400,6 @@ class MyModel:
         x_* are (N, 3072) uint8 rows, y_* (N,) int labels. ``resume`` is None, "latest" or an epoch.
         """
         cfg = self.config
-        from DataReader import fingerprint
         digest = fingerprint(x_train, y_train)
         os.makedirs(cfg.modeldir, exist_ok=True)
         clean_stale_temporaries(cfg.modeldir)
@@ -405,6 +408,9 @@ class MyModel:
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
         n = len(labels)
+        if self.epoch >= cfg.max_epoch:
+            self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
+                     f"{cfg.max_epoch}; raise --max_epoch to train further.")
 
         with _StopRequests() as stop:
             for epoch in range(self.epoch + 1, cfg.max_epoch + 1):
@@ -416,10 +422,17 @@ class MyModel:
                 self.epoch = epoch
                 self.history.append(metrics)
                 self._print_epoch(metrics, n)
+                saved = None
                 if epoch % cfg.save_interval == 0 or epoch == cfg.max_epoch:
-                    self._save(checkpoint_path(cfg.modeldir, epoch), data_digest=digest)
+                    saved = checkpoint_path(cfg.modeldir, epoch)
+                    self._save(saved, data_digest=digest)
                     with contextlib.suppress(FileNotFoundError):  # superseded by this one
                         os.remove(os.path.join(cfg.modeldir, INTERRUPTED))
+                if stop.signum is not None and epoch < cfg.max_epoch:  # came during validation
+                    if saved is None:
+                        saved = os.path.join(cfg.modeldir, INTERRUPTED)
+                        self._save(saved, data_digest=digest)
+                    raise TrainingStopped(stop.signum, saved)
         return self.history
 
     def _train_epoch(self, epoch, images, labels, start_step, partial, stop, digest, rank,
@@ -433,7 +446,8 @@ class MyModel:
         order = order.to(self.device, non_blocking=True)
         offsets = offsets.to(self.device, non_blocking=True)
         flips = flips.to(self.device, non_blocking=True)
-        slices = batch_slices(n, cfg.batch_size, rank, world_size)
+        slices = [p.to(self.device, non_blocking=True)
+                  for p in batch_slices(n, cfg.batch_size, rank, world_size)]
 
         partial = partial or {}
         loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64,
@@ -446,7 +460,7 @@ class MyModel:
         bar = tqdm(total=len(slices), initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
                    leave=False, disable=None, unit="batch")
         for step in range(start_step, len(slices)):
-            positions = slices[step].to(self.device, non_blocking=True)
+            positions = slices[step]
             index = order[positions]
             x = self._images(images[index], True, offsets[positions], flips[positions])
             y = labels[index]

@@ -166,6 +166,44 @@ def test_resume_latest_skips_a_damaged_newest_checkpoint(tmp_path):
     assert load(newest)["epoch"] == 2  # epoch 2 trained again and written whole
 
 
+def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path):
+    x, y = data(16)
+    modeldir = tmp_path / "m"
+    tiny_model(modeldir, max_epoch=2).train(x, y)
+    for name in ("model-1.ckpt", "model-2.ckpt"):
+        (modeldir / name).write_bytes(b"not a checkpoint")
+    before = snapshot(modeldir)
+    with pytest.raises(Model.CheckpointError, match="nothing to resume from"):
+        tiny_model(modeldir, max_epoch=2).train(x, y, resume="latest")
+    assert snapshot(modeldir) == before  # nothing overwritten
+
+
+def test_resume_latest_in_an_empty_modeldir_starts_anew(tmp_path):
+    x, y = data(16)
+    lines = []
+    MyModel(tiny_config(tmp_path / "m", max_epoch=1), log=lines.append).train(x, y, resume="latest")
+    assert any("starting anew" in line for line in lines)
+    assert load(tmp_path / "m" / "model-1.ckpt")["epoch"] == 1
+
+
+def test_signal_during_validation_stops_after_the_epoch_with_a_checkpoint(tmp_path, monkeypatch):
+    x, y = data(24)
+    model = tiny_model(tmp_path / "m", max_epoch=3, save_interval=10)
+    real_accuracy = model.accuracy
+
+    def accuracy_then_sigint(xv, yv):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while validating epoch 1
+        return real_accuracy(xv, yv)
+
+    monkeypatch.setattr(model, "accuracy", accuracy_then_sigint)
+    with pytest.raises(Model.TrainingStopped) as stopped:
+        model.train(x[:16], y[:16], x[16:], y[16:])
+    assert stopped.value.signum == signal.SIGINT
+    ckpt = load(tmp_path / "m" / Model.INTERRUPTED)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
+    assert len(ckpt["metrics"]) == 1 and "valid_acc" in ckpt["metrics"][0]
+
+
 # --------------------------------------------------------------------------------------------
 # Non-finite loss
 
