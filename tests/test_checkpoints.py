@@ -1,6 +1,7 @@
 """Checkpoints: contents, atomic writes, exact resume (in process and after kills), refusals."""
 import errno
 import os
+import re
 import shutil
 import signal
 
@@ -306,6 +307,13 @@ def killable(tmp_path_factory):
     return flags, load(os.path.join(reference, "model-4.ckpt"))
 
 
+def saved_path(stderr: str) -> str:
+    """The checkpoint a stopped run names: '... progress saved to PATH'."""
+    found = re.search(r"progress saved to (\S+)", stderr)
+    assert found, stderr
+    return found.group(1)
+
+
 def _interrupt_after_first_checkpoint(flags, modeldir, signum):
     proc = start_main(flags + ["--modeldir", modeldir])
     wait_for_file(proc, os.path.join(modeldir, "model-1.ckpt"))
@@ -333,7 +341,9 @@ def test_sigint_saves_interrupted_ckpt_and_resume_is_exact(killable, tmp_path):
     rc, out, err = _interrupt_after_first_checkpoint(flags, modeldir, signal.SIGINT)
     assert rc == 130, err
     assert "Traceback" not in out + err
-    interrupted = os.path.join(modeldir, Model.INTERRUPTED)
+    # Mid-epoch the state goes to interrupted.ckpt; a signal that lands while an epoch's
+    # checkpoint is written stops at that checkpoint instead. Either way stderr names it.
+    interrupted = saved_path(err)
     saved = load(interrupted)
     assert TRAINING_KEYS <= set(saved) and saved["epoch"] >= 1
     assert not os.path.exists(os.path.join(modeldir, "model-4.ckpt"))
@@ -341,7 +351,7 @@ def test_sigint_saves_interrupted_ckpt_and_resume_is_exact(killable, tmp_path):
     resumed = run_main(flags + ["--modeldir", modeldir, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {interrupted}" in resumed.stdout
-    assert not os.path.exists(interrupted)  # superseded by a later checkpoint
+    assert not os.path.exists(os.path.join(modeldir, Model.INTERRUPTED))  # superseded
     assert_same_training_state(reference, load(os.path.join(modeldir, "model-4.ckpt")))
 
 
@@ -352,4 +362,4 @@ def test_sigterm_saves_and_exits_143(killable, tmp_path):
     assert rc == 143, err
     assert "Traceback" not in out + err
     assert "SIGTERM" in err
-    assert load(os.path.join(modeldir, Model.INTERRUPTED))["epoch"] >= 1
+    assert load(saved_path(err))["epoch"] >= 1
