@@ -407,7 +407,6 @@ class MyModel:
 
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
-        n = len(labels)
         if self.epoch >= cfg.max_epoch:
             self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
                      f"{cfg.max_epoch}; raise --max_epoch to train further.")
@@ -421,7 +420,7 @@ class MyModel:
                     metrics["valid_acc"] = self.accuracy(x_valid, y_valid)
                 self.epoch = epoch
                 self.history.append(metrics)
-                self._print_epoch(metrics, n)
+                self._print_epoch(metrics)
                 saved = None
                 if epoch % cfg.save_interval == 0 or epoch == cfg.max_epoch:
                     saved = checkpoint_path(cfg.modeldir, epoch)
@@ -453,7 +452,7 @@ class MyModel:
         loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64,
                                 device=self.device)
         correct = torch.tensor(partial.get("correct", 0), dtype=torch.int64, device=self.device)
-        seen = int(partial.get("seen", 0))
+        seen = seen_before = int(partial.get("seen", 0))
         seconds = float(partial.get("seconds", 0.0))
         self.network.train()
         start = time.perf_counter()
@@ -489,11 +488,10 @@ class MyModel:
                 raise TrainingStopped(stop.signum, path)
         bar.close()
         self._check_finite(loss_sum, epoch)
-        seconds += time.perf_counter() - start
+        elapsed = time.perf_counter() - start
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(seen, 1), "seconds": seconds,
-                "images_per_second": (seen - int(partial.get("seen", 0))) / max(
-                    time.perf_counter() - start, 1e-9)}
+                "train_acc": correct.item() / max(seen, 1), "seconds": seconds + elapsed,
+                "images_per_second": (seen - seen_before) / max(elapsed, 1e-9)}
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
         if not math.isfinite(loss_sum.item()):
@@ -503,7 +501,7 @@ class MyModel:
             raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch}; "
                                 f"{kept}. Lower --learning_rate or check the data.")
 
-    def _print_epoch(self, m: dict, n: int) -> None:
+    def _print_epoch(self, m: dict) -> None:
         valid = f"  valid {100 * m['valid_acc']:6.2f}%" if "valid_acc" in m else ""
         self.log(f"epoch {m['epoch']:>3}/{self.config.max_epoch}  lr {m['lr']:.4g}  loss "
                  f"{m['train_loss']:.4f}  train {100 * m['train_acc']:6.2f}%{valid}  "

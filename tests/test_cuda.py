@@ -1,0 +1,63 @@
+"""CUDA paths: mixed precision, cudnn benchmark, non-blocking copies. Skipped without a GPU.
+
+The precision policy itself (what ``--amp auto`` picks on each device) is checked on the CPU.
+"""
+import numpy as np
+import pytest
+import torch
+
+from cifar_files import make_batch
+from configure import Config
+from ImageUtils import draw_batch_crop_flip, preprocess_batch
+from Model import MyModel, load_checkpoint
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def tiny(tmp_path, name, **overrides) -> MyModel:
+    values = dict(resnet_size=1, first_num_filters=8, batch_size=16, max_epoch=2, save_interval=1,
+                  lr_decay_epochs=(), modeldir=str(tmp_path / name), eval_batch_size=64)
+    values.update(overrides)
+    return MyModel(Config(**values), log=lambda *a: None)
+
+
+def test_amp_auto_is_off_on_cpu_and_explicit_choices_hold(tmp_path):
+    assert tiny(tmp_path, "a", device="cpu").amp_dtype is None
+    assert tiny(tmp_path, "b", device="cpu", amp="bf16").amp_dtype == torch.bfloat16
+    assert tiny(tmp_path, "c", device="cpu", amp="off").amp_dtype is None
+    fp16 = tiny(tmp_path, "d", device="cpu", amp="fp16")
+    assert fp16.amp_dtype == torch.float16 and fp16.scaler.is_enabled()
+
+
+@needs_cuda
+def test_amp_auto_on_cuda_picks_bf16_where_supported(tmp_path):
+    model = tiny(tmp_path, "m", device="cuda")
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    assert model.amp_dtype == expected
+    assert torch.backends.cudnn.benchmark
+
+
+@needs_cuda
+def test_batched_preprocessing_on_cuda_equals_cpu():
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
+    offsets, flips = draw_batch_crop_flip(64, torch.Generator().manual_seed(0))
+    cpu = preprocess_batch(x, True, offsets, flips)
+    gpu = preprocess_batch(x.cuda(), True, offsets.cuda(), flips.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp", ["auto", "fp16", "off"])
+def test_cuda_training_learns_and_checkpoints_load_on_cpu(tmp_path, amp):
+    x, y = make_batch(64, np.random.default_rng(0))
+    model = tiny(tmp_path, "m", device="cuda", amp=amp, max_epoch=4)
+    history = model.train(x, y)
+    assert all(np.isfinite(m["train_loss"]) for m in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    ckpt = load_checkpoint(str(tmp_path / "m" / "model-4.ckpt"))
+    on_cpu = tiny(tmp_path, "cpu", device="cpu")
+    on_cpu.network.load_state_dict(ckpt["model"])
+    # Full-precision logits of the same weights agree across devices.
+    gpu_logits = tiny(tmp_path, "g", device="cuda", amp="off")
+    gpu_logits.network.load_state_dict(ckpt["model"])
+    torch.testing.assert_close(gpu_logits._logits(x).cpu(), on_cpu._logits(x), rtol=1e-3, atol=1e-3)
