@@ -260,28 +260,27 @@ def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_M
     """Fetch the CIFAR-10 archive into data_dir, check its MD5 and unpack it there."""
     from tqdm import tqdm
 
+    created = not os.path.isdir(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     fd, part = tempfile.mkstemp(prefix=".cifar-10-python.", suffix=".part", dir=data_dir)
     try:
         digest = hashlib.md5()
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, os.fdopen(fd, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10",
-                          disable=None if progress is None else not progress) as bar:
-                    while True:
-                        chunk = response.read(1 << 20)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        digest.update(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DataError(f"could not download CIFAR-10 from {url} ({reason}); download "
-                            f"cifar-10-python.tar.gz yourself and unpack it in {data_dir}, so that "
-                            f"{os.path.join(data_dir, FOLDER)} holds data_batch_1..5 and "
-                            f"test_batch.") from None
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    total = int(response.headers.get("Content-Length") or 0) or None
+                    with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10",
+                              disable=None if progress is None else not progress) as bar:
+                        for chunk in iter(lambda: response.read(1 << 20), b""):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            bar.update(len(chunk))
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise DataError(f"could not download CIFAR-10 from {url} ({reason}); download "
+                                f"cifar-10-python.tar.gz yourself and unpack it in {data_dir}, so "
+                                f"that {os.path.join(data_dir, FOLDER)} holds data_batch_1..5 and "
+                                f"test_batch.") from None
         if md5 and digest.hexdigest() != md5:
             raise DataError(f"the file downloaded from {url} has MD5 {digest.hexdigest()}, not {md5}; "
                             f"it was discarded. Try again, or unpack the official archive in "
@@ -293,3 +292,5 @@ def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_M
     finally:
         if os.path.exists(part):
             os.remove(part)
+        if created and not os.listdir(data_dir):  # leave no trace of a failed first download
+            os.rmdir(data_dir)

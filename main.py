@@ -182,6 +182,7 @@ def main(argv=None) -> int:
 
     try:
         config.validate()
+        Model.select_device(config.device)  # fail before any download or data loading
         print("config: " + " ".join(f"{k}={v}" for k, v in config.to_dict().items()), flush=True)
         return {"train": run_train, "test": run_test, "predict": run_predict}[args.mode](config, args)
     except ConfigError as e:

@@ -96,7 +96,7 @@ def test_wrong_md5_is_refused_and_leaves_nothing_behind(tmp_path, server):
         DataReader.download_cifar10(str(data_dir), f"{base}/cifar.tar.gz", wrong, progress=False)
     msg = str(info.value)
     assert "MD5" in msg and md5 in msg and wrong in msg
-    assert os.listdir(data_dir) == []  # no .part file, nothing unpacked
+    assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
     assert not DataReader.has_cifar10(str(data_dir))
 
 
@@ -108,7 +108,7 @@ def test_default_md5_is_the_official_one(tmp_path, server):
     data_dir = tmp_path / "data"
     with pytest.raises(DataError, match=configure.CIFAR10_MD5):
         DataReader.download_cifar10(str(data_dir), f"{base}/cifar.tar.gz", progress=False)
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
 
 
 @pytest.mark.parametrize("where", ["closed_port", "404"])
@@ -123,7 +123,7 @@ def test_unreachable_url_says_where_to_put_the_files(tmp_path, server, where):
     assert url in msg
     assert os.path.join(str(data_dir), "cifar-10-batches-py") in msg
     assert "data_batch_1..5" in msg and "test_batch" in msg
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
 
 
 def test_non_archive_with_matching_md5_is_refused_cleanly(tmp_path, server):
@@ -133,7 +133,7 @@ def test_non_archive_with_matching_md5_is_refused_cleanly(tmp_path, server):
     with pytest.raises(DataError, match="could not be unpacked"):
         DataReader.download_cifar10(str(data_dir), f"{base}/junk.tar.gz",
                                     md5_of(root / "junk.tar.gz"), progress=False)
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
 
 
 def _add_file(tar, name, data=b"evil"):
@@ -193,7 +193,7 @@ def test_malicious_archives_are_refused(tmp_path, server, kind):
         DataReader.download_cifar10(str(data_dir), f"{base}/evil.tar.gz",
                                     md5_of(root / "evil.tar.gz"), progress=False)
     assert "not unpacked" in str(info.value)
-    assert os.listdir(data_dir) == [], "nothing may be unpacked from a refused archive"
+    assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
     assert all_files(tmp_path) == before, "nothing may be written anywhere else"
     assert not (tmp_path / "evil").exists()
     assert not os.path.lexists(data_dir / "cifar-10-batches-py" / "link")
@@ -263,7 +263,7 @@ def test_cli_refuses_an_archive_that_is_not_the_official_one(tmp_path, server, c
     err = capsys.readouterr().err
     assert rc == 1
     assert "MD5" in err and configure.CIFAR10_MD5 in err
-    assert os.listdir(data_dir) == []
+    assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
     assert not os.path.exists(tmp_path / "model" / "model-1.ckpt")
 
 
@@ -278,6 +278,16 @@ def test_cli_unreachable_mirror_fails_with_instructions(tmp_path, capsys):
     assert lines[-1].startswith("error: could not download CIFAR-10 from " + url)
     assert os.path.join(str(data_dir), "cifar-10-batches-py") in err
     assert "Traceback" not in err
+
+
+def test_failed_download_into_an_existing_folder_keeps_what_was_there(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("mine")
+    with pytest.raises(DataError):
+        DataReader.download_cifar10(str(data_dir), "http://127.0.0.1:9/cifar.tar.gz", progress=False)
+    assert os.listdir(data_dir) == ["notes.txt"]
+    assert (data_dir / "notes.txt").read_text() == "mine"
 
 
 def test_cli_no_download_with_empty_data_dir_exits_with_one_clear_sentence(tmp_path):
