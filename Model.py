@@ -20,6 +20,7 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -229,7 +230,6 @@ class _StopRequests:
               f"checkpoint (press Ctrl-C again to quit at once).", file=sys.stderr, flush=True)
 
     def __enter__(self):
-        import threading
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._previous[s] = signal.signal(s, self._handle)
@@ -242,6 +242,7 @@ class _StopRequests:
 
 
 # --------------------------------------------------------------------------------------------
+# The model
 
 def _to_image_tensor(x: np.ndarray) -> torch.Tensor:
     """(N, 3072) rows -> (N, 3, 32, 32) tensor of the same dtype, no copy."""

@@ -13,6 +13,8 @@ import sys
 
 import numpy as np
 
+import DataReader
+import Model
 from configure import Config, ConfigError
 
 
@@ -82,7 +84,6 @@ def config_from_args(args) -> Config:
 
 
 def _ensure_data(config: Config) -> None:
-    import DataReader
     if DataReader.has_cifar10(config.data_dir):
         return
     if not config.download:
@@ -95,7 +96,6 @@ def _ensure_data(config: Config) -> None:
 
 
 def _check_modeldir_writable(modeldir: str) -> None:
-    import Model
     try:
         os.makedirs(modeldir, exist_ok=True)
     except OSError as e:
@@ -107,8 +107,6 @@ def _check_modeldir_writable(modeldir: str) -> None:
 
 
 def run_train(config: Config, args) -> int:
-    import DataReader
-    from Model import MyModel
 
     _ensure_data(config)
     x_train, y_train, _, _ = DataReader.load_data(config.data_dir, config.num_classes)
@@ -118,7 +116,7 @@ def run_train(config: Config, args) -> int:
             x_train, y_train, config.split_index)
     config.validate(n_train=len(x_train))
     _check_modeldir_writable(config.modeldir)
-    model = MyModel(config)
+    model = Model.MyModel(config)
     print(f"training {_network_name(config)} on {len(x_train)} images"
           + (f", validating on {len(x_valid)}" if x_valid is not None else "")
           + f", device {model.device}", flush=True)
@@ -127,47 +125,41 @@ def run_train(config: Config, args) -> int:
 
 
 def _network_name(config: Config) -> str:
-    from Model import describe
-    return describe(config.to_dict())
+    return Model.describe(config.to_dict())
 
 
 def _newest(config: Config) -> int:
-    from Model import CheckpointError, list_checkpoints
-    found = list_checkpoints(config.modeldir)
+    found = Model.list_checkpoints(config.modeldir)
     if not found:
-        raise CheckpointError(f"{config.modeldir} holds no checkpoints; train first or pass "
+        raise Model.CheckpointError(f"{config.modeldir} holds no checkpoints; train first or pass "
                               f"--modeldir.")
     return found[-1]
 
 
 def run_test(config: Config, args) -> int:
-    import DataReader
-    from Model import MyModel
 
     checkpoints = args.checkpoints or [_newest(config)]
     x_train, y_train, x_test, y_test = DataReader.load_data(config.data_dir, config.num_classes)
     if args.eval_set == "valid":
         _, _, x_test, y_test = DataReader.train_valid_split(x_train, y_train, config.split_index)
-    MyModel(config).test_or_validate(x_test, y_test, checkpoints, args.eval_set)
+    Model.MyModel(config).test_or_validate(x_test, y_test, checkpoints, args.eval_set)
     return 0
 
 
 def run_predict(config: Config, args) -> int:
-    import DataReader
-    from Model import MyModel, atomic_save
 
     private = args.private_data or os.path.join(config.data_dir, "private_test_images.npy")
     output = args.output or os.path.join(config.modeldir, "predictions.npy")
     number = args.checkpoint if args.checkpoint is not None else _newest(config)
     x = DataReader.load_testing_images(private)
-    model = MyModel(config)
+    model = Model.MyModel(config)
     model.load(number)
     probabilities = model.predict_prob(x)
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise _CliError(f"--output {output}: folder {folder} does not exist; create it or choose "
                         f"another path.")
-    atomic_save(probabilities, output, writer=lambda a, f: np.save(f, a, allow_pickle=False))
+    Model.atomic_save(probabilities, output, writer=lambda a, f: np.save(f, a, allow_pickle=False))
     print(f"wrote {output}: {probabilities.shape[0]} x {probabilities.shape[1]} probabilities "
           f"from model-{number}.ckpt")
     return 0
@@ -177,8 +169,6 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(args)
-    import DataReader
-    import Model
 
     try:
         config.validate()
