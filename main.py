@@ -107,7 +107,6 @@ def _check_modeldir_writable(modeldir: str) -> None:
 
 
 def run_train(config: Config, args) -> int:
-
     _ensure_data(config)
     x_train, y_train, _, _ = DataReader.load_data(config.data_dir, config.num_classes)
     x_valid = y_valid = None
@@ -137,7 +136,6 @@ def _newest(config: Config) -> int:
 
 
 def run_test(config: Config, args) -> int:
-
     checkpoints = args.checkpoints or [_newest(config)]
     x_train, y_train, x_test, y_test = DataReader.load_data(config.data_dir, config.num_classes)
     if args.eval_set == "valid":
@@ -147,18 +145,17 @@ def run_test(config: Config, args) -> int:
 
 
 def run_predict(config: Config, args) -> int:
-
     private = args.private_data or os.path.join(config.data_dir, "private_test_images.npy")
     output = args.output or os.path.join(config.modeldir, "predictions.npy")
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):  # say so before spending time on the predictions
+        raise _CliError(f"--output {output}: folder {folder} does not exist; create it or choose "
+                        f"another path.")
     number = args.checkpoint if args.checkpoint is not None else _newest(config)
     x = DataReader.load_testing_images(private)
     model = Model.MyModel(config)
     model.load(number)
     probabilities = model.predict_prob(x)
-    folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):
-        raise _CliError(f"--output {output}: folder {folder} does not exist; create it or choose "
-                        f"another path.")
     Model.atomic_save(probabilities, output, writer=lambda a, f: np.save(f, a, allow_pickle=False))
     print(f"wrote {output}: {probabilities.shape[0]} x {probabilities.shape[1]} probabilities "
           f"from model-{number}.ckpt")
