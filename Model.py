@@ -364,7 +364,7 @@ class MyModel:
         self.epoch = int(ckpt["epoch"])
         self.history = list(ckpt["metrics"])
         step = int(ckpt.get("step", 0))
-        self.log(f"resuming from {path}: {self.epoch} epochs done"
+        self.log(f"resuming from {path}: {self.epoch} epoch{'' if self.epoch == 1 else 's'} done"
                  + (f", {step} steps into epoch {self.epoch + 1}" if step else ""))
         return step, ckpt.get("partial") or None
 
