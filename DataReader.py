@@ -130,9 +130,9 @@ def _read_batch(path: str, num_classes: int):
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (n, 3072), found {what}; "
                         f"replace it with the official file.")
     try:
-        # An empty list (a batch of no images) would otherwise become a float array.
-        y = np.asarray(labels, dtype=np.int64) if isinstance(labels, list) and not labels \
-            else np.asarray(labels)
+        y = np.asarray(labels)
+        if y.size == 0:  # np.asarray([]) is float; a batch of no images has no labels to check
+            y = y.astype(np.int64)
     except (ValueError, TypeError):
         y = np.asarray([], dtype=object)
     if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):

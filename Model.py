@@ -71,14 +71,14 @@ def select_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N "
-                              f"or mps.") from None
+                          f"or mps.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for but CUDA is not available; use "
-                              f"--device cpu or auto.")
+                          f"--device cpu or auto.")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
                                      and torch.backends.mps.is_available()):
         raise ConfigError(f"--device {name} was asked for but MPS is not available; use "
-                              f"--device cpu or auto.")
+                          f"--device cpu or auto.")
     return device
 
 

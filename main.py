@@ -130,8 +130,8 @@ def _network_name(config: Config) -> str:
 def _newest(config: Config) -> int:
     found = Model.list_checkpoints(config.modeldir)
     if not found:
-        raise Model.CheckpointError(f"{config.modeldir} holds no checkpoints; train first or pass "
-                              f"--modeldir.")
+        raise Model.CheckpointError(f"{config.modeldir} holds no checkpoints; train first or "
+                                    f"pass --modeldir.")
     return found[-1]
 
 

@@ -53,6 +53,18 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def rates_of(run, repeats, device):
+    """Images per second of run() (which returns how many images it handled), once per repeat."""
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        images = run()
+        sync(device)
+        rates.append(images / (time.perf_counter() - start))
+    return rates
+
+
 def summary(rates):
     med = statistics.median(rates)
     return med, f"{med:9.0f} img/s  (min {min(rates):.0f}, max {max(rates):.0f}, n={len(rates)})"
@@ -83,17 +95,13 @@ def bare_step(cfg, steps, repeats):
         model.scaler.step(model.optimizer)
         model.scaler.update()
 
-    for _ in range(steps):  # warm-up as long as (b)'s first epoch
-        step()
-    rates = []
-    for _ in range(repeats):
-        sync(model.device)
-        start = time.perf_counter()
+    def steps_of_training():
         for _ in range(steps):
             step()
-        sync(model.device)
-        rates.append(steps * cfg.batch_size / (time.perf_counter() - start))
-    return rates
+        return steps * cfg.batch_size
+
+    steps_of_training()  # warm-up as long as (b)'s first epoch
+    return rates_of(steps_of_training, repeats, model.device)
 
 
 def full_loop(cfg, x, y, steps, repeats):
@@ -121,13 +129,8 @@ def usual_pipeline(cfg, x, y, steps, repeats, num_workers):
             yield xb.to(device), yb.to(device)
 
     train_steps(net, on_device(loader), optimizer, max_steps=2)  # warm-up
-    rates = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        seen = train_steps(net, on_device(loader), optimizer, max_steps=steps)
-        sync(device)
-        rates.append(seen / (time.perf_counter() - start))
+    rates = rates_of(lambda: train_steps(net, on_device(loader), optimizer, max_steps=steps),
+                     repeats, device)
     return rates, net
 
 
@@ -135,23 +138,21 @@ def evaluation(cfg, x, y, repeats):
     """(d) batched evaluation of len(x) images, the way test and predict run."""
     model = MyModel(cfg, log=lambda *a: None)
     model.accuracy(x[:cfg.eval_batch_size], y[:cfg.eval_batch_size])  # warm-up
-    rates = []
-    for _ in range(repeats):
-        sync(model.device)
-        start = time.perf_counter()
+
+    def evaluate_all():
         model.accuracy(x, y)
-        sync(model.device)
-        rates.append(len(x) / (time.perf_counter() - start))
-    return rates
+        return len(x)
+
+    return rates_of(evaluate_all, repeats, model.device)
 
 
-def per_image_evaluation(net, x, y, repeats):
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def per_image_evaluation(net, x, y):
+    """The course's loop, one image at a time, once."""
+    def evaluate_all():
         validate_per_image(net, x, y)
-        rates.append(len(x) / (time.perf_counter() - start))
-    return rates
+        return len(x)
+
+    return rates_of(evaluate_all, 1, next(net.parameters()).device)
 
 
 def _peak_rss_mib(pid):
@@ -282,7 +283,7 @@ def step_figures(args, cfg, x, y, x_eval, y_eval):
     print(f"(d) evaluation, batched    {d}   ({len(x_eval)} images: "
           f"{len(x_eval) / d_med:.2f} s)", flush=True)
     n_slow = min(args.per_image_eval_images, len(x_eval))
-    _, e = summary(per_image_evaluation(usual_net, x_eval[:n_slow], y_eval[:n_slow], 1))
+    _, e = summary(per_image_evaluation(usual_net, x_eval[:n_slow], y_eval[:n_slow]))
     print(f"    evaluation, per image  {e}", flush=True)
     print(f"ratios: (b)/(a) {b_med / a_med:.3f}   (b)/(c) {b_med / c_med:.2f}   "
           f"45,000-image epoch at (b): {45000 / b_med:.1f} s", flush=True)
