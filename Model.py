@@ -1,4 +1,4 @@
-"""Training, evaluation and checkpoints.
+"""Training and evaluation.
 
 The training split lives once on the training device as a uint8 tensor (N, 3, 32, 32); each batch is
 cropped, flipped and standardized there by ``ImageUtils.preprocess_batch``, so no Python runs per
@@ -6,18 +6,11 @@ image. The order of an epoch and its augmentation are drawn from a generator see
 (seed, epoch): any process can rebuild any epoch's plan, which is what makes resuming exact and lets
 several processes split one epoch between them.
 
-A checkpoint ``<modeldir>/model-<epoch>.ckpt`` is a dict of plain types and tensors, loadable with
-``torch.load(path, weights_only=True)``: ``epoch`` (epochs completed), ``step`` (steps of the next
-epoch already done; 0 except in ``interrupted.ckpt``), ``model`` (state dict of the plain network),
-``optimizer``, ``scaler``, ``config``, ``data`` (a digest of the training data), ``rng`` and
-``metrics`` (one dict per epoch). Files are written to a temporary name, fsynced and renamed, so a
-crash never leaves a half-written checkpoint under a valid name.
+Checkpoint files (their format, atomic writes, checks and random states) are ``checkpoints.py``'s job.
 """
 import contextlib
 import math
 import os
-import random
-import re
 import signal
 import sys
 import threading
@@ -29,18 +22,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ImageUtils
+import checkpoints
+from checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
+                         read_checkpoint)
 from DataReader import fingerprint
 from NetWork import ResNet, depth_of
 from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config, ConfigError
 
-CHECKPOINT_FORMAT = 1
-INTERRUPTED = "interrupted.ckpt"
-_CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
-_TMP_MARK = ".tmp-"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, unwritable or does not fit this run."""
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+PAUSE_ENV = "RESNET_CIFAR_PAUSE_AT"  # "EPOCH:STEP": wait there for a signal (for tests of signals)
 
 
 class TrainingError(RuntimeError):
@@ -72,9 +62,16 @@ def select_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N "
                           f"or mps.") from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError(f"--device {name}: this trainer runs on cpu, cuda, cuda:N or mps; use one "
+                          f"of those or auto.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for but CUDA is not available; use "
                           f"--device cpu or auto.")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), numbered from 0; use --device cuda or a smaller number.")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
                                      and torch.backends.mps.is_available()):
         raise ConfigError(f"--device {name} was asked for but MPS is not available; use "
@@ -91,7 +88,8 @@ def lr_at(config: Config, epoch: int) -> float:
 def epoch_plan(n: int, epoch: int, seed: int):
     """The seeded plan of one epoch: a permutation of n images, crop offsets and flips for each
     position of that permutation. Identical in every process, whatever its rank."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    # Wrapped to 64 bits so that every seed configure.py admits (0 to 2**63 - 1) gives a generator.
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 64)
     order = torch.randperm(n, generator=generator)
     offsets, flips = ImageUtils.draw_batch_crop_flip(n, generator)
     return order, offsets, flips
@@ -105,70 +103,7 @@ def batch_slices(n: int, batch_size: int, rank: int = 0, world_size: int = 1):
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint files
-
-def checkpoint_path(modeldir: str, epoch: int) -> str:
-    return os.path.join(modeldir, f"model-{epoch}.ckpt")
-
-
-def list_checkpoints(modeldir: str):
-    """Epoch numbers of the model-<epoch>.ckpt files in modeldir, ascending."""
-    if not os.path.isdir(modeldir):
-        return []
-    found = (_CKPT_RE.match(name) for name in os.listdir(modeldir))
-    return sorted(int(m.group(1)) for m in found if m)
-
-
-def clean_stale_temporaries(modeldir: str) -> None:
-    """Remove temporary files that a killed process left behind."""
-    if os.path.isdir(modeldir):
-        for name in os.listdir(modeldir):
-            if _TMP_MARK in name and name.endswith(".part"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(modeldir, name))
-
-
-def atomic_save(obj, path: str, writer=torch.save) -> None:
-    """Write obj to path so that path is either the old file or the whole new one, never a part."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}{_TMP_MARK}{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as f:
-            writer(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path} ({e.strerror or e}); free some space or "
-                                  f"choose another --modeldir. Earlier checkpoints are "
-                                  f"intact.") from None
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint with ``weights_only=True``; CheckpointError if it is not a usable one."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist.") from None
-    except Exception as e:  # torch raises many types for damaged or hostile files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a loadable checkpoint ({first_line[:160]}); it may be "
-                              f"truncated or not a checkpoint at all.") from None
-    if not isinstance(ckpt, dict) or not {"model", "config", "epoch"} <= set(ckpt):
-        raise CheckpointError(f"{path} is not a checkpoint of this trainer (it lacks model, config "
-                              f"or epoch).")
-    return ckpt
-
+# Run descriptions
 
 def describe(config_dict: dict) -> str:
     v, n = config_dict.get("resnet_version"), config_dict.get("resnet_size")
@@ -180,35 +115,6 @@ def describe(config_dict: dict) -> str:
 
 def config_differences(saved: dict, current: dict, keys) -> list:
     return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
-
-
-# --------------------------------------------------------------------------------------------
-# RNG states as plain types (weights_only loading admits no numpy objects)
-
-def capture_rng_states() -> dict:
-    version, state, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    states = {
-        "python": {"version": version, "state": list(state), "gauss": gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict) -> None:
-    p = states["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-    n = states["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["gauss"]))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and \
-            len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +145,25 @@ class _StopRequests:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         return False
+
+
+def _pause_point():
+    """(epoch, step) from the environment variable PAUSE_ENV, or None."""
+    value = os.environ.get(PAUSE_ENV)
+    if not value:
+        return None
+    try:
+        epoch, step = (int(part) for part in value.split(":"))
+    except ValueError:
+        raise ConfigError(f"{PAUSE_ENV}={value!r} must be EPOCH:STEP, for example 1:3.") from None
+    return epoch, step
+
+
+def _wait_for_signal(stop: "_StopRequests", epoch: int, step: int) -> None:
+    print(f"paused before step {step} of epoch {epoch} ({PAUSE_ENV}); waiting for a signal",
+          file=sys.stderr, flush=True)
+    while stop.signum is None:
+        time.sleep(0.01)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +223,7 @@ class MyModel:
 
     def _state(self, step: int, partial: dict, data_digest: str) -> dict:
         return {
-            "format": CHECKPOINT_FORMAT,
+            "format": checkpoints.CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "step": step,
             "model": self.network.state_dict(),
@@ -306,37 +231,52 @@ class MyModel:
             "scaler": self.scaler.state_dict(),
             "config": self.config.to_dict(),
             "data": data_digest,
-            "rng": capture_rng_states(),
+            "rng": checkpoints.capture_rng_states(),
             "metrics": list(self.history),
             "partial": dict(partial),
         }
 
-    def _check_architecture(self, ckpt: dict, path: str) -> None:
-        diffs = config_differences(ckpt["config"], self.config.to_dict(), ARCHITECTURE_KEYS)
+    def _check_fit(self, ckpt: dict, path: str, for_resume: bool = False) -> None:
+        """Refuse a checkpoint of another network, or one whose tensors do not fit this one."""
+        saved_config, current = ckpt["config"], self.config.to_dict()
+        diffs = config_differences(saved_config, current, ARCHITECTURE_KEYS)
         if diffs:
-            flags = " ".join(f"--{k} {saved}" for k, saved, _ in diffs)
-            raise CheckpointError(f"{path} holds a {describe(ckpt['config'])} but this run builds a "
-                                  f"{describe(self.config.to_dict())}; pass {flags} to use it.")
+            saved = ", ".join(f"{k} {a}" for k, a, _ in diffs)
+            now = ", ".join(f"{k} {b}" for k, _, b in diffs)
+            flags = " ".join(f"--{k} {a}" for k, a, _ in diffs)
+            raise CheckpointError(f"{path} holds a {describe(saved_config)} with {saved}, but this "
+                                  f"run builds a {describe(current)} with {now}; pass {flags} to "
+                                  f"use it.")
+        problem = checkpoints.state_dict_problem(ckpt["model"], self.network.state_dict())
+        if problem is None and for_resume:
+            problem = checkpoints.optimizer_fit_problem(ckpt["optimizer"],
+                                                        list(self.network.parameters()))
+        if problem:
+            raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
     def checkpoint_file(self, epoch: int) -> str:
-        path = checkpoint_path(self.config.modeldir, epoch)
+        """The path of model-<epoch>.ckpt in modeldir; CheckpointError if there is no such file."""
+        modeldir = self.config.modeldir
+        if not os.path.isdir(modeldir):
+            raise CheckpointError(f"--modeldir {modeldir} does not exist, so it holds no checkpoint "
+                                  f"{epoch}; check --modeldir.")
+        path = checkpoint_path(modeldir, epoch)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            kind = "a folder" if os.path.isdir(path) else "a broken or looping link"
+            raise CheckpointError(f"{path} is {kind}, not a checkpoint file; move it away.")
         if not os.path.isfile(path):
-            found = list_checkpoints(self.config.modeldir)
+            found = list_checkpoints(modeldir)
             have = (f"checkpoints there: {', '.join(map(str, found))}" if found
                     else "it holds no checkpoints")
-            raise CheckpointError(f"no checkpoint {epoch} in {self.config.modeldir} ({have}).")
+            raise CheckpointError(f"no checkpoint {epoch} in {modeldir} ({have}).")
         return path
 
     def load(self, checkpoint) -> dict:
         """Load weights from a checkpoint number or path into the network; return the checkpoint."""
         path = checkpoint if isinstance(checkpoint, str) else self.checkpoint_file(checkpoint)
-        ckpt = load_checkpoint(path)
-        self._check_architecture(ckpt, path)
-        try:
-            self.network.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path} does not fit this network ({str(e).splitlines()[0]}).") \
-                from None
+        ckpt = read_checkpoint(path)
+        self._check_fit(ckpt, path)
+        self.network.load_state_dict(ckpt["model"])
         return ckpt
 
     def _resume(self, resume, data_digest: str):
@@ -348,8 +288,8 @@ class MyModel:
                 return 0, None
         else:
             path = self.checkpoint_file(int(resume))
-            ckpt = load_checkpoint(path)
-        self._check_architecture(ckpt, path)
+            ckpt = read_checkpoint(path, for_resume=True)
+        self._check_fit(ckpt, path, for_resume=True)
         current = dict(self.config.to_dict(), data=data_digest)
         saved = dict(ckpt["config"], data=ckpt.get("data"))
         diffs = config_differences(saved, current, RUN_DEFINING_KEYS + ["data"])
@@ -357,54 +297,74 @@ class MyModel:
             what = "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in diffs)
             raise CheckpointError(f"cannot resume from {path}: the run differs ({what}). Use the "
                                   f"same flags and data, or another --modeldir for a new run.")
-        self.network.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        restore_rng_states(ckpt["rng"])
-        self.epoch = int(ckpt["epoch"])
+        try:
+            self.network.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self._restore_scaler(ckpt["scaler"])
+            checkpoints.restore_rng_states(ckpt["rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:  # what the checks cannot see
+            raise CheckpointError(f"{path} could not be restored ({e}); resume from another "
+                                  f"checkpoint with --resume N.") from None
+        self.epoch = ckpt["epoch"]
         self.history = list(ckpt["metrics"])
-        step = int(ckpt.get("step", 0))
+        step = ckpt["step"]
         self.log(f"resuming from {path}: {self.epoch} epoch{'' if self.epoch == 1 else 's'} done"
                  + (f", {step} steps into epoch {self.epoch + 1}" if step else ""))
         return step, ckpt.get("partial") or None
 
+    def _restore_scaler(self, saved: dict) -> None:
+        # --amp may change on resume: a scaler only exists under fp16, so a run saved under bf16 or
+        # full precision has none to give, and a scaler saved under fp16 has no use without it.
+        if self.scaler.is_enabled() and saved:
+            self.scaler.load_state_dict(saved)
+        elif self.scaler.is_enabled():
+            self.log("the checkpoint was saved without fp16, so the loss scale starts afresh.")
+
     def _newest_checkpoint(self):
-        """(path, checkpoint) of the furthest valid checkpoint in modeldir, or (None, None)."""
+        """(path, checkpoint) of the furthest resumable checkpoint in modeldir, or (None, None)."""
         candidates = [(e, 0, checkpoint_path(self.config.modeldir, e))
                       for e in list_checkpoints(self.config.modeldir)]
         interrupted = os.path.join(self.config.modeldir, INTERRUPTED)
-        if os.path.isfile(interrupted):
+        if os.path.lexists(interrupted):
             try:
-                ck = load_checkpoint(interrupted)
-                candidates.append((int(ck["epoch"]), int(ck.get("step", 0)), interrupted))
+                ck = read_checkpoint(interrupted, for_resume=True)
+                candidates.append((ck["epoch"], ck["step"], interrupted))
             except CheckpointError as e:
-                self.log(f"skipping {interrupted}: {e}")
+                self.log(f"skipping {e}")
         for _, _, path in sorted(candidates, reverse=True):
             try:
-                return path, load_checkpoint(path)
+                return path, read_checkpoint(path, for_resume=True)
             except CheckpointError as e:
-                self.log(f"skipping {path}: {e}")
-        if candidates:  # starting anew would overwrite them; let the user decide
+                self.log(f"skipping {e}")
+        if candidates or os.path.lexists(interrupted):  # starting anew would overwrite them
             raise CheckpointError(f"no checkpoint in {self.config.modeldir} is loadable, so there "
                                   f"is nothing to resume from; move them away to start anew.")
         return None, None
 
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):
-        atomic_save(self._state(step, partial or {}, data_digest), path)
+        checkpoints.atomic_save(self._state(step, partial or {}, data_digest), path)
 
     # ---------------------------------------------------------------- training
 
     def train(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray = None,
-              y_valid: np.ndarray = None, resume=None, rank: int = 0, world_size: int = 1) -> list:
+              y_valid: np.ndarray = None, resume=None, rank: int = 0, world_size: int = 1,
+              overwrite: bool = False) -> list:
         """Train for config.max_epoch epochs; return the metrics of every epoch (a list of dicts).
 
         x_* are (N, 3072) uint8 rows, y_* (N,) int labels. ``resume`` is None, "latest" or an epoch.
+        Without it, a modeldir that holds another run's checkpoints is refused, or with
+        ``overwrite`` emptied of them first. The command line holds ``checkpoints.RunLock`` meanwhile.
         """
         cfg = self.config
         digest = fingerprint(x_train, y_train)
+        if resume is None:
+            checkpoints.check_fresh_start(cfg.modeldir, overwrite, self.log)
+            start_step, partial = 0, None
+        else:
+            start_step, partial = self._resume(resume, digest)
         os.makedirs(cfg.modeldir, exist_ok=True)
-        clean_stale_temporaries(cfg.modeldir)
-        start_step, partial = (0, None) if resume is None else self._resume(resume, digest)
+        checkpoints.clean_stale_temporaries(cfg.modeldir)
+        pause_at = _pause_point()
 
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
@@ -415,7 +375,7 @@ class MyModel:
         with _StopRequests() as stop:
             for epoch in range(self.epoch + 1, cfg.max_epoch + 1):
                 metrics = self._train_epoch(epoch, images, labels, start_step, partial, stop,
-                                            digest, rank, world_size)
+                                            digest, rank, world_size, pause_at)
                 start_step, partial = 0, None
                 if x_valid is not None and len(x_valid):
                     metrics["valid_acc"] = self.accuracy(x_valid, y_valid)
@@ -436,7 +396,7 @@ class MyModel:
         return self.history
 
     def _train_epoch(self, epoch, images, labels, start_step, partial, stop, digest, rank,
-                     world_size) -> dict:
+                     world_size, pause_at=None) -> dict:
         cfg = self.config
         n = len(labels)
         lr = lr_at(cfg, epoch)
@@ -460,6 +420,8 @@ class MyModel:
         bar = tqdm(total=len(slices), initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
                    leave=False, disable=None, unit="batch")
         for step in range(start_step, len(slices)):
+            if pause_at == (epoch, step):
+                _wait_for_signal(stop, epoch, step)
             positions = slices[step]
             index = order[positions]
             x = self._images(images[index], True, offsets[positions], flips[positions])
@@ -490,9 +452,12 @@ class MyModel:
         bar.close()
         self._check_finite(loss_sum, epoch)
         elapsed = time.perf_counter() - start
+        # Resumed at the epoch's very end, this process trained nothing: report the epoch's rate.
+        rate = (seen - seen_before) / max(elapsed, 1e-9) if seen > seen_before else \
+            seen / max(seconds + elapsed, 1e-9)
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
                 "train_acc": correct.item() / max(seen, 1), "seconds": seconds + elapsed,
-                "images_per_second": (seen - seen_before) / max(elapsed, 1e-9)}
+                "images_per_second": rate}
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
         if not math.isfinite(loss_sum.item()):

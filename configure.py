@@ -5,11 +5,13 @@ gives its unit or source. The resolved configuration is printed at start and sto
 dict, in every checkpoint.
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # the official python version
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published beside the archive
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
 
 
 class ConfigError(ValueError):
@@ -41,7 +43,8 @@ class Config:
     lr_decay_factor: float = _opt(0.1, "learning-rate multiplier at each decay epoch (paper: 0.1)")
     max_epoch: int = _opt(200, "epochs to train (course skeleton: 200; paper: 64k iterations, ~182)")
     save_interval: int = _opt(10, "write a checkpoint every this many epochs (and at the last one)")
-    seed: int = _opt(0, "seed of the initial weights, the batch order and the augmentation")
+    seed: int = _opt(0, "seed of the initial weights, the batch order and the augmentation "
+                        "(0 to 2**63 - 1)")
 
     # --- data ---
     split_index: int = _opt(45000, "training images before the validation split (paper: 45k/5k)")
@@ -80,6 +83,9 @@ class Config:
             raise ConfigError(f"--resnet_version must be 1 or 2, not {self.resnet_version!r}.")
         if self.num_classes < 2:
             raise ConfigError(f"--num_classes must be at least 2, not {self.num_classes}.")
+        for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning_rate must be positive, not {self.learning_rate}.")
         if not 0 <= self.momentum < 1:
@@ -92,8 +98,9 @@ class Config:
         if any(e < 1 for e in decay) or decay != sorted(set(decay)):
             raise ConfigError(f"--lr_decay_epochs must be positive epochs in increasing order, "
                               f"not {' '.join(map(str, decay))}.")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be zero or positive, not {self.seed}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"--seed must lie between 0 and 2**63 - 1 ({MAX_SEED}), not "
+                              f"{self.seed}.")
         if n_train is not None and self.batch_size > n_train:
             raise ConfigError(f"--batch_size {self.batch_size} is larger than the {n_train} training "
                               f"images; use a smaller batch size or more data.")

@@ -7,15 +7,25 @@
 Every field of ``configure.Config`` is a flag of the same name; ``--help`` lists them with defaults.
 """
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 
-import numpy as np
+try:  # importing torch takes seconds: a Ctrl-C meanwhile ends quietly, like one at any other time
+    import numpy as np
 
-import DataReader
-import Model
-from configure import Config, ConfigError
+    import DataReader
+    import Model
+    import checkpoints
+    from configure import Config, ConfigError
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted while starting; nothing was done.\n")
+    sys.exit(130)
+
+# Flags that mean something in one mode only; given in another they are refused, not ignored.
+MODE_FLAGS = {"resume": "train", "overwrite": "train", "checkpoints": "test", "eval_set": "test",
+              "checkpoint": "predict", "private_data": "predict", "output": "predict"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -46,10 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
                      type=_resume_value,
                      help="train: continue from checkpoint N, or from the newest valid one in "
                           "modeldir when N is left out")
+    run.add_argument("--overwrite", action="store_true", default=None,
+                     help="train: delete the checkpoints of an earlier run in modeldir and start "
+                          "anew (without it such a folder is refused)")
     run.add_argument("--checkpoints", type=int, nargs="+", metavar="N",
                      help="test: checkpoint numbers to evaluate (default: the newest)")
-    run.add_argument("--eval_set", choices=("test", "valid"), default="test",
-                     help="test: evaluate on the test set or on the validation split")
+    run.add_argument("--eval_set", choices=("test", "valid"),
+                     help="test: evaluate on the test set or on the validation split the "
+                          "checkpoint was trained beside (default: test)")
     run.add_argument("--checkpoint", type=int, metavar="N",
                      help="predict: checkpoint number to use (default: the newest)")
     run.add_argument("--private_data", metavar="P",
@@ -95,31 +109,50 @@ def _ensure_data(config: Config) -> None:
     DataReader.download_cifar10(config.data_dir, config.download_url)
 
 
-def _check_modeldir_writable(modeldir: str) -> None:
+def _check_modeldir(config: Config, args) -> None:
+    """What can be refused about --modeldir before any data is read."""
+    modeldir = config.modeldir
+    if os.path.exists(modeldir) and not os.path.isdir(modeldir):
+        raise checkpoints.CheckpointError(f"--modeldir {modeldir} is a file, not a folder; choose "
+                                    f"another --modeldir.")
+    if isinstance(args.resume, int) and not os.path.isdir(modeldir):
+        raise checkpoints.CheckpointError(f"--modeldir {modeldir} does not exist, so there is no "
+                                    f"checkpoint {args.resume} to resume from; check --modeldir.")
+    if args.resume is None and not args.overwrite:  # --overwrite deletes only once training starts
+        checkpoints.check_fresh_start(modeldir, overwrite=False)
+
+
+def _make_modeldir(modeldir: str) -> None:
     try:
         os.makedirs(modeldir, exist_ok=True)
     except OSError as e:
-        raise Model.CheckpointError(f"cannot create --modeldir {modeldir} ({e.strerror}); choose "
+        raise checkpoints.CheckpointError(f"cannot create --modeldir {modeldir} ({e.strerror}); choose "
                                     f"a folder you can write to.") from None
-    if not os.access(modeldir, os.W_OK | os.X_OK):
-        raise Model.CheckpointError(f"--modeldir {modeldir} is not writable; choose a folder you "
-                                    f"can write to.")
 
 
 def run_train(config: Config, args) -> int:
-    _ensure_data(config)
-    x_train, y_train, _, _ = DataReader.load_data(config.data_dir, config.num_classes)
-    x_valid = y_valid = None
-    if not config.train_all:
-        x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
-            x_train, y_train, config.split_index)
-    config.validate(n_train=len(x_train))
-    _check_modeldir_writable(config.modeldir)
-    model = Model.MyModel(config)
-    print(f"training {_network_name(config)} on {len(x_train)} images"
-          + (f", validating on {len(x_valid)}" if x_valid is not None else "")
-          + f", device {model.device}", flush=True)
-    model.train(x_train, y_train, x_valid, y_valid, resume=args.resume)
+    with contextlib.ExitStack() as held:
+        # One run per folder: an existing folder is locked (and checked) before the data is read,
+        # so a second run is refused at once; a new one is made only once the data proved usable.
+        if os.path.isdir(config.modeldir):
+            held.enter_context(checkpoints.RunLock(config.modeldir))
+        _check_modeldir(config, args)
+        _ensure_data(config)
+        x_train, y_train, _, _ = DataReader.load_data(config.data_dir, config.num_classes)
+        x_valid = y_valid = None
+        if not config.train_all:
+            x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
+                x_train, y_train, config.split_index)
+        config.validate(n_train=len(x_train))
+        if not os.path.isdir(config.modeldir):
+            _make_modeldir(config.modeldir)
+            held.enter_context(checkpoints.RunLock(config.modeldir))
+        model = Model.MyModel(config)
+        print(f"training {_network_name(config)} on {len(x_train)} images"
+              + (f", validating on {len(x_valid)}" if x_valid is not None else "")
+              + f", device {model.device}", flush=True)
+        model.train(x_train, y_train, x_valid, y_valid, resume=args.resume,
+                    overwrite=bool(args.overwrite))
     return 0
 
 
@@ -128,19 +161,51 @@ def _network_name(config: Config) -> str:
 
 
 def _newest(config: Config) -> int:
-    found = Model.list_checkpoints(config.modeldir)
+    found = checkpoints.list_checkpoints(config.modeldir)
     if not found:
-        raise Model.CheckpointError(f"{config.modeldir} holds no checkpoints; train first or "
+        raise checkpoints.CheckpointError(f"{config.modeldir} holds no checkpoints; train first or "
                                     f"pass --modeldir.")
     return found[-1]
 
 
+def _validation_split(model, numbers, x_train, y_train):
+    """The validation images the listed checkpoints were trained beside, as each one records it:
+    the split of the command line could overlap the images a model was trained on."""
+    config = model.config
+    split = None
+    for number in numbers:
+        path = model.checkpoint_file(number)
+        ckpt = checkpoints.read_checkpoint(path)
+        saved = ckpt["config"]
+        if saved.get("train_all"):
+            raise _CliError(f"{path} was trained on all {len(x_train)} training images "
+                            f"(--train_all), so no validation split is left; use --eval_set test.")
+        index = saved.get("split_index")
+        if not isinstance(index, int) or not 0 < index < len(x_train):
+            raise _CliError(f"{path} records no usable split_index ({index!r}) for the "
+                            f"{len(x_train)} training images in {config.data_dir}; use --eval_set test.")
+        if ckpt.get("data") != DataReader.fingerprint(x_train[:index], y_train[:index]):
+            raise _CliError(f"{path} was trained on other images than the first {index} of "
+                            f"{config.data_dir}; validate it with the --data_dir it was trained on.")
+        if split is not None and index != split:
+            raise _CliError(f"the listed checkpoints were trained with different splits "
+                            f"(split_index {split} and {index}); validate them one at a time.")
+        split = index
+    if split != config.split_index:
+        print(f"validating on the split the checkpoints were trained with: images {split} to "
+              f"{len(x_train) - 1} (split_index {split}).")
+    return x_train[split:], y_train[split:]
+
+
 def run_test(config: Config, args) -> int:
-    checkpoints = args.checkpoints or [_newest(config)]
+    numbers = args.checkpoints or [_newest(config)]
+    model = Model.MyModel(config)
+    for number in numbers:  # check every number before reading data or evaluating any
+        model.checkpoint_file(number)
     x_train, y_train, x_test, y_test = DataReader.load_data(config.data_dir, config.num_classes)
     if args.eval_set == "valid":
-        _, _, x_test, y_test = DataReader.train_valid_split(x_train, y_train, config.split_index)
-    Model.MyModel(config).test_or_validate(x_test, y_test, checkpoints, args.eval_set)
+        x_test, y_test = _validation_split(model, numbers, x_train, y_train)
+    model.test_or_validate(x_test, y_test, numbers, args.eval_set or "test")
     return 0
 
 
@@ -148,18 +213,31 @@ def run_predict(config: Config, args) -> int:
     private = args.private_data or os.path.join(config.data_dir, "private_test_images.npy")
     output = args.output or os.path.join(config.modeldir, "predictions.npy")
     folder = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(folder):  # say so before spending time on the predictions
+    # Say what is wrong with --output before spending time on the predictions.
+    if os.path.isdir(output):
+        raise _CliError(f"--output {output} is a folder; name a file, for example "
+                        f"{os.path.join(output, 'predictions.npy')}.")
+    if not os.path.isdir(folder):
         raise _CliError(f"--output {output}: folder {folder} does not exist; create it or choose "
                         f"another path.")
     number = args.checkpoint if args.checkpoint is not None else _newest(config)
-    x = DataReader.load_testing_images(private)
     model = Model.MyModel(config)
+    model.checkpoint_file(number)
+    x = DataReader.load_testing_images(private)
     model.load(number)
     probabilities = model.predict_prob(x)
-    Model.atomic_save(probabilities, output, writer=lambda a, f: np.save(f, a, allow_pickle=False))
+    checkpoints.atomic_save(probabilities, output, flag="--output",
+                            writer=lambda a, f: np.save(f, a, allow_pickle=False))
     print(f"wrote {output}: {probabilities.shape[0]} x {probabilities.shape[1]} probabilities "
           f"from model-{number}.ckpt")
     return 0
+
+
+def _check_mode_flags(args) -> None:
+    for name, mode in MODE_FLAGS.items():
+        if getattr(args, name) is not None and args.mode != mode:
+            raise ConfigError(f"--{name} applies to --mode {mode} only; drop it or use "
+                              f"--mode {mode}.")
 
 
 def main(argv=None) -> int:
@@ -168,13 +246,14 @@ def main(argv=None) -> int:
     config = config_from_args(args)
 
     try:
+        _check_mode_flags(args)
         config.validate()
         Model.select_device(config.device)  # fail before any download or data loading
         print("config: " + " ".join(f"{k}={v}" for k, v in config.to_dict().items()), flush=True)
         return {"train": run_train, "test": run_test, "predict": run_predict}[args.mode](config, args)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-    except (DataReader.DataError, Model.CheckpointError, Model.TrainingError, _CliError) as e:
+    except (DataReader.DataError, checkpoints.CheckpointError, Model.TrainingError, _CliError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Model.TrainingStopped as e:

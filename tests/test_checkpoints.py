@@ -11,6 +11,7 @@ import torch
 
 import main
 import Model
+import checkpoints
 from cifar_files import make_batch, write_cifar
 from cli_tools import (TINY, assert_same_training_state, load, run_main, snapshot, start_main,
                        wait_for_file)
@@ -79,10 +80,10 @@ def _failing_writer(obj, f):
 
 def test_atomic_save_that_fails_mid_write_keeps_the_old_file(tmp_path):
     path = str(tmp_path / "model-1.ckpt")
-    Model.atomic_save({"epoch": 1, "w": torch.arange(5.0)}, path)
+    checkpoints.atomic_save({"epoch": 1, "w": torch.arange(5.0)}, path)
     before = file_bytes(path)
     with pytest.raises(Model.CheckpointError) as info:
-        Model.atomic_save({"epoch": 2, "w": torch.zeros(5)}, path, writer=_failing_writer)
+        checkpoints.atomic_save({"epoch": 2, "w": torch.zeros(5)}, path, writer=_failing_writer)
     message = str(info.value)
     assert path in message and "No space left on device" in message and "intact" in message
     assert file_bytes(path) == before
@@ -97,7 +98,7 @@ def test_atomic_save_interrupted_mid_write_leaves_no_temporary(tmp_path):
 
     path = str(tmp_path / "model-1.ckpt")
     with pytest.raises(KeyboardInterrupt):
-        Model.atomic_save({"epoch": 1}, path, writer=interrupted)
+        checkpoints.atomic_save({"epoch": 1}, path, writer=interrupted)
     assert os.listdir(tmp_path) == []
 
 
@@ -106,9 +107,9 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(tmp_path, monkeypat
     modeldir = tmp_path / "m"
     tiny_model(modeldir, max_epoch=1).train(x, y)
     before = file_bytes(modeldir / "model-1.ckpt")
-    real_save = Model.atomic_save
-    monkeypatch.setattr(Model, "atomic_save",
-                        lambda obj, path, writer=None: real_save(obj, path, _failing_writer))
+    real_save = checkpoints.atomic_save
+    monkeypatch.setattr(checkpoints, "atomic_save",
+                        lambda obj, path, **kw: real_save(obj, path, _failing_writer))
     with pytest.raises(Model.CheckpointError, match="No space left on device"):
         tiny_model(modeldir, max_epoch=2).train(x, y, resume="latest")
     assert sorted(os.listdir(modeldir)) == ["model-1.ckpt"]
@@ -118,7 +119,7 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(tmp_path, monkeypat
 def test_stale_temporaries_are_removed_when_training_starts(tmp_path):
     modeldir = tmp_path / "m"
     modeldir.mkdir()
-    stale = modeldir / f".model-3.ckpt{Model._TMP_MARK}4242.part"
+    stale = modeldir / f".model-3.ckpt{checkpoints._TMP_MARK}4242.part"
     stale.write_bytes(b"left by a killed process")
     (modeldir / "notes.txt").write_text("mine")
     x, y = data(16)

@@ -9,7 +9,8 @@ import torch
 from cifar_files import make_batch
 from configure import Config
 from ImageUtils import draw_batch_crop_flip, preprocess_batch
-from Model import MyModel, load_checkpoint
+from Model import MyModel
+from checkpoints import read_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -54,7 +55,7 @@ def test_cuda_training_learns_and_checkpoints_load_on_cpu(tmp_path, amp):
     history = model.train(x, y)
     assert all(np.isfinite(m["train_loss"]) for m in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    ckpt = load_checkpoint(str(tmp_path / "m" / "model-4.ckpt"))
+    ckpt = read_checkpoint(str(tmp_path / "m" / "model-4.ckpt"))
     on_cpu = tiny(tmp_path, "cpu", device="cpu")
     on_cpu.network.load_state_dict(ckpt["model"])
     # Full-precision logits of the same weights agree across devices.

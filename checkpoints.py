@@ -1,0 +1,421 @@
+"""Checkpoint files: their format, atomic writes, structural checks, random states, the run lock.
+
+A checkpoint ``<modeldir>/model-<epoch>.ckpt`` is a dict of plain types and tensors, loadable with
+``torch.load(path, weights_only=True)``:
+
+=============  ==========================================================================
+key            what it holds
+=============  ==========================================================================
+``format``     CHECKPOINT_FORMAT
+``epoch``      epochs completed (int)
+``step``       steps of the next epoch already done; 0 except in ``interrupted.ckpt``
+``model``      state dict of the plain network (no ``module.`` or ``_orig_mod.`` prefixes)
+``optimizer``  SGD state dict
+``scaler``     GradScaler state dict (empty when fp16 was not in use)
+``config``     ``Config.to_dict()`` of the run
+``data``       fingerprint of the training data
+``rng``        Python, numpy and torch generator states (plain types and tensors)
+``metrics``    one dict per finished epoch
+``partial``    running sums of the unfinished epoch (``interrupted.ckpt`` only)
+=============  ==========================================================================
+
+Files are written to a temporary name, fsynced and renamed, so a crash never leaves a half-written
+checkpoint under a valid name. Everything read back is checked here, in one place, before use, so
+a damaged or hand-edited file ends in ``CheckpointError`` naming what is wrong, never a traceback.
+"""
+import contextlib
+import errno
+import io
+import math
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+CHECKPOINT_FORMAT = 1
+INTERRUPTED = "interrupted.ckpt"
+LOCK = ".lock"
+_CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
+_TMP_MARK = ".tmp-"
+_RNG_KEYS = ("python", "numpy", "torch")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, unwritable or does not fit this run."""
+
+
+# --------------------------------------------------------------------------------------------
+# Names in a model folder
+
+def checkpoint_path(modeldir: str, epoch: int) -> str:
+    return os.path.join(modeldir, f"model-{epoch}.ckpt")
+
+
+def list_checkpoints(modeldir: str):
+    """Epoch numbers of the model-<epoch>.ckpt entries in modeldir, ascending."""
+    if not os.path.isdir(modeldir):
+        return []
+    found = (_CKPT_RE.match(name) for name in os.listdir(modeldir))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def run_files(modeldir: str):
+    """Names of the checkpoints a training run left in modeldir (temporaries not included)."""
+    if not os.path.isdir(modeldir):
+        return []
+    return sorted(name for name in os.listdir(modeldir) if _CKPT_RE.match(name) or name == INTERRUPTED)
+
+
+def _is_checkpoint_temporary(name: str) -> bool:
+    # Only temporaries of checkpoints: a prediction being written beside them is not ours to touch.
+    return name.endswith(".part") and _TMP_MARK in name and \
+        (name.startswith(".model-") or name.startswith("." + INTERRUPTED))
+
+
+def clean_stale_temporaries(modeldir: str) -> None:
+    """Remove checkpoint temporaries a killed run left behind (call it holding the run lock)."""
+    if os.path.isdir(modeldir):
+        for name in os.listdir(modeldir):
+            if _is_checkpoint_temporary(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(modeldir, name))
+
+
+def check_fresh_start(modeldir: str, overwrite: bool, log=print) -> None:
+    """A new run (no --resume) needs a folder without another run's checkpoints: refuse, or with
+    ``overwrite`` remove them first, so a folder never mixes two runs."""
+    found = run_files(modeldir)
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise CheckpointError(f"--modeldir {modeldir} already holds a run ({shown}); pass --resume "
+                              f"to continue it, choose another --modeldir, or pass --overwrite to "
+                              f"delete its checkpoints and start anew.")
+    for name in found:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(modeldir, name))
+    log(f"--overwrite: removed {len(found)} file{'' if len(found) == 1 else 's'} of the earlier "
+        f"run from {modeldir}.")
+
+
+# --------------------------------------------------------------------------------------------
+# One run per model folder
+
+class RunLock:
+    """An exclusive ``flock`` on ``<modeldir>/.lock`` for the whole of a training run.
+
+    A second run on the same folder is refused at once, naming the first one's process id. The lock
+    belongs to the open file, so it dies with its process: kill -9 leaves no stale lock behind.
+    """
+
+    def __init__(self, modeldir: str):
+        self.modeldir = modeldir
+        self.path = os.path.join(modeldir, LOCK)
+        self._fd = None
+
+    def __enter__(self):
+        import fcntl  # POSIX only; imported here so that test and predict need nothing of it
+
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the lock file {self.path} ({e.strerror}); choose "
+                                  f"a --modeldir you can write to.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise CheckpointError(f"cannot lock {self.path} ({e.strerror}); choose a "
+                                      f"--modeldir on a local disk.") from None
+            raise CheckpointError(f"another training run (process {holder}) is using --modeldir "
+                                  f"{self.modeldir}; wait for it to end, stop it, or choose "
+                                  f"another --modeldir.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+def _torch_writer(obj, f) -> None:
+    # Serialize in memory first: torch's own file writer reports a full disk as an opaque
+    # RuntimeError, while a plain write raises OSError with the real reason.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    f.write(buffer.getbuffer())
+
+
+def _write_failure(path: str, e: BaseException, flag: str) -> str:
+    where = os.path.dirname(os.path.abspath(path))
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (f"could not write {path} ({e.strerror}); free some space or choose another {flag}. "
+                f"Earlier files are intact.")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write in {where} ({e.strerror}); choose another {flag}."
+    if code == errno.EISDIR or os.path.isdir(path):
+        return f"{path} is a folder; move it away or choose another {flag}."
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return f"cannot write {path}: folder {where} does not exist; create it or choose another {flag}."
+    text = str(e).strip()
+    reason = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
+    return f"could not write {path} ({reason}); check the disk or choose another {flag}."
+
+
+def atomic_save(obj, path: str, writer=_torch_writer, flag: str = "--modeldir") -> None:
+    """Write obj to path so that path is either the old file or the whole new one, never a part.
+
+    Failures become CheckpointError naming path and what to do about ``flag``.
+    """
+    if os.path.isdir(path):
+        raise CheckpointError(_write_failure(path, IsADirectoryError(errno.EISDIR, "is a folder"),
+                                             flag))
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}{_TMP_MARK}{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            writer(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):
+            raise CheckpointError(_write_failure(path, e, flag)) from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and checking
+
+def _torch_reason(e: Exception) -> str:
+    """The informative sentence of one of torch.load's (often long) refusals."""
+    text = " ".join(str(e).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].strip() if text else ""
+    return sentence.rstrip(".") or type(e).__name__
+
+
+def read_checkpoint(path: str, for_resume: bool = False) -> dict:
+    """Read a checkpoint with ``weights_only=True`` and check its structure.
+
+    ``for_resume`` also requires the optimizer, scaler, random states and metrics. Raises
+    CheckpointError naming the file and what is wrong.
+    """
+    if os.path.lexists(path) and not os.path.isfile(path):
+        kind = "a folder" if os.path.isdir(path) else "a broken or looping link"
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file; move it away.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist.") from None
+    except Exception as e:  # torch raises many types for damaged or hostile files
+        raise CheckpointError(f"{path} is not a loadable checkpoint ({_torch_reason(e)}); it may be "
+                              f"truncated or not a checkpoint at all.") from None
+    problem = _structure_problem(ckpt, for_resume)
+    if problem:
+        raise CheckpointError(f"{path} is not a usable checkpoint of this trainer: {problem}.")
+    return ckpt
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _structure_problem(ckpt, for_resume: bool):
+    """What is wrong with a loaded checkpoint's structure (None if nothing)."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a dict"
+    required = ["model", "config", "epoch"]
+    if for_resume:
+        required += ["step", "optimizer", "scaler", "rng", "metrics"]
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        return f"'{missing[0]}' is missing"
+    if not _is_int(ckpt["epoch"]) or ckpt["epoch"] < 0:
+        return f"'epoch' must be a whole number, not {ckpt['epoch']!r}"
+    if not isinstance(ckpt["config"], dict):
+        return f"'config' must be a dict, not a {type(ckpt['config']).__name__}"
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not model:
+        return "'model' must be a non-empty state dict"
+    for name, value in model.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            return f"'model' entry {name!r} is not a named tensor"
+    if not for_resume:
+        return None
+    if not _is_int(ckpt["step"]) or ckpt["step"] < 0:
+        return f"'step' must be a whole number, not {ckpt['step']!r}"
+    return (_optimizer_problem(ckpt["optimizer"]) or _scaler_problem(ckpt["scaler"])
+            or rng_problem(ckpt["rng"]) or _metrics_problem(ckpt["metrics"], ckpt["epoch"])
+            or _partial_problem(ckpt.get("partial")))
+
+
+def _optimizer_problem(opt):
+    if not isinstance(opt, dict) or not isinstance(opt.get("state"), dict):
+        return "'optimizer' must be an optimizer state dict with a 'state' entry"
+    groups = opt.get("param_groups")
+    if not isinstance(groups, list) or not groups:
+        return "'optimizer' has no parameter groups"
+    for group in groups:
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list) or \
+                not all(_is_int(p) for p in group["params"]):
+            return "an 'optimizer' parameter group is malformed"
+        for key in ("lr", "momentum", "weight_decay"):
+            if key in group and not _is_number(group[key]):
+                return f"the optimizer's {key} is {group[key]!r}, not a finite number"
+    for index, state in opt["state"].items():
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) or v is None
+                                                  for v in state.values()):
+            return f"the optimizer state of parameter {index!r} is malformed"
+    return None
+
+
+def _scaler_problem(scaler):
+    if not isinstance(scaler, dict):
+        return "'scaler' must be a dict"
+    expected = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+    if scaler and not all(k in scaler and _is_number(scaler[k]) for k in expected):
+        return "'scaler' is not a gradient-scaler state"
+    return None
+
+
+def _metrics_problem(metrics, epoch: int):
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
+        return "'metrics' must be a list of dicts"
+    if len(metrics) != epoch:
+        return f"'metrics' holds {len(metrics)} epochs, not {epoch}"
+    return None
+
+
+def _partial_problem(partial):
+    if partial is None or partial == {}:
+        return None
+    keys = ("loss_sum", "correct", "seen", "seconds")
+    if not isinstance(partial, dict) or not all(_is_number(partial.get(k)) for k in keys) or \
+            partial["seen"] < 0:
+        return "'partial' (the sums of an unfinished epoch) is malformed"
+    return None
+
+
+def state_dict_problem(saved: dict, expected: dict):
+    """How the saved model state differs from the network's (None if it fits exactly): missing or
+    extra names, shapes, dtypes, and values that are not finite."""
+    missing = [k for k in expected if k not in saved]
+    if missing:
+        return f"it lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    extra = [k for k in saved if k not in expected]
+    if extra:
+        return f"it has {extra[0]}, which this network does not" + \
+            (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    for name, want in expected.items():
+        got = saved[name]
+        if got.shape != want.shape:
+            return f"{name} has shape {tuple(got.shape)}, the network needs {tuple(want.shape)}"
+        if got.dtype != want.dtype:
+            return f"{name} is {got.dtype}, the network needs {want.dtype}"
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
+def optimizer_fit_problem(saved: dict, parameters) -> str:
+    """How a checked optimizer state fails to fit these parameters (None if it fits)."""
+    shapes = [p.shape for p in parameters]
+    ids = [i for group in saved["param_groups"] for i in group["params"]]
+    if len(ids) != len(shapes) or sorted(ids) != sorted(set(ids)):
+        return f"its optimizer state covers {len(ids)} parameters, the network has {len(shapes)}"
+    position = {index: n for n, index in enumerate(ids)}
+    for index, state in saved["state"].items():
+        if index not in position:
+            return f"its optimizer state names parameter {index!r}, which no group holds"
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and \
+                    value.shape != shapes[position[index]]:
+                return (f"its optimizer {key} of parameter {position[index]} has shape "
+                        f"{tuple(value.shape)}, not {tuple(shapes[position[index]])}")
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                    not torch.isfinite(value).all():
+                return f"its optimizer {key} of parameter {position[index]} is not finite"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Random states as plain types (weights_only loading admits no numpy objects)
+
+def capture_rng_states() -> dict:
+    version, state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    states = {
+        "python": {"version": version, "state": list(state), "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def rng_problem(states):
+    """What is wrong with saved random states (None if they can be restored)."""
+    if not isinstance(states, dict) or not all(k in states for k in _RNG_KEYS) or \
+            not isinstance(states["python"], dict) or not isinstance(states["numpy"], dict):
+        return "'rng' must hold the python, numpy and torch generator states"
+    p, n, t = states["python"], states["numpy"], states["torch"]
+    if not (_is_int(p.get("version")) and isinstance(p.get("state"), list)
+            and len(p["state"]) == 625 and all(_is_int(v) and 0 <= v < 2 ** 32 for v in p["state"][:624])
+            and _is_int(p["state"][624]) and (p.get("gauss") is None or _is_number(p.get("gauss")))):
+        return "the saved Python random state is malformed"
+    keys = n.get("keys")
+    if not (n.get("name") == "MT19937" and isinstance(keys, torch.Tensor) and keys.shape == (624,)
+            and not keys.is_floating_point() and _is_int(n.get("pos")) and 0 <= n["pos"] <= 624
+            and _is_int(n.get("has_gauss")) and _is_number(n.get("gauss"))):
+        return "the saved numpy random state is malformed"
+    if not (isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+            and t.shape == torch.get_rng_state().shape):
+        return "the saved torch random state is malformed"
+    cuda = states.get("cuda")
+    if cuda is not None and not (isinstance(cuda, list)
+                                 and all(isinstance(s, torch.Tensor) for s in cuda)):
+        return "the saved CUDA random states are malformed"
+    return None
+
+
+def restore_rng_states(states: dict) -> None:
+    """Put back the global generators of capture_rng_states (states checked by rng_problem)."""
+    p = states["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and \
+            len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
