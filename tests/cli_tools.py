@@ -27,9 +27,9 @@ def run_main(args, timeout: int = TIMEOUT, env: dict = None) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_main(args) -> subprocess.Popen:
-    return subprocess.Popen(main_cmd(args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_main(args, env: dict = None) -> subprocess.Popen:
+    return subprocess.Popen(main_cmd(args), cwd=ROOT, env=dict(ENV, **(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_file(proc: subprocess.Popen, path: str, timeout: float = TIMEOUT) -> None:
@@ -48,12 +48,18 @@ def wait_for_file(proc: subprocess.Popen, path: str, timeout: float = TIMEOUT) -
 
 
 def snapshot(root: str) -> dict:
-    """Every folder and file under root (relative path -> None for folders, sha256 for files)."""
+    """Every folder and file under root (relative path -> None for folders, sha256 for files).
+
+    The run lock (``.lock``, which holds the process id of the last run to take it) is left out:
+    taking the lock is what a refused run is expected to do first.
+    """
     found = {}
     for folder, dirs, files in os.walk(root):
         for d in dirs:
             found[os.path.relpath(os.path.join(folder, d), root)] = None
         for f in files:
+            if f == ".lock":
+                continue
             path = os.path.join(folder, f)
             with open(path, "rb") as fh:
                 found[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
@@ -64,9 +70,16 @@ def load(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+TIMING_KEYS = ("seconds", "images_per_second")
+
+
 def assert_same_training_state(a: dict, b: dict) -> None:
-    """Two checkpoints hold bit-identical weights, buffers and optimizer state."""
+    """Two checkpoints hold bit-identical weights, buffers and optimizer state, and the same
+    metrics (timings aside)."""
     assert a["epoch"] == b["epoch"]
+    untimed = [[{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in c["metrics"]]
+               for c in (a, b)]
+    assert untimed[0] == untimed[1]
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), f"{k} differs"
