@@ -1,12 +1,21 @@
-"""Training and evaluation in process: learning, determinism, schedule, hardware, evaluation."""
+"""Training and evaluation in process: learning, determinism, schedule, checkpoints written while
+training, resume, flags refused, hardware, evaluation."""
+import math
+import os
+import random
+import re
+import signal
+import time
+
 import numpy as np
 import pytest
 import torch
 
 import Model
+import checkpoints
 from cifar_files import make_batch
-from configure import Config
-from Model import MyModel, batch_slices, epoch_plan, lr_at
+from configure import Config, ConfigError
+from Model import MyModel, batch_slices, epoch_plan, lr_at, select_device
 
 
 def tiny_config(tmp_path, **overrides) -> Config:
@@ -107,6 +116,34 @@ def test_epoch_plan_is_a_deterministic_function_of_seed_and_epoch():
     assert not torch.equal(epoch_plan(n, 3, 8)[0], order)  # another seed
 
 
+LARGEST_SEED = 2 ** 63 - 1  # the top of the documented range (torch takes signed 64-bit seeds)
+
+
+@pytest.mark.parametrize("seed", [0, LARGEST_SEED])
+def test_seeds_of_the_documented_range_are_accepted(seed):
+    assert Config(seed=seed).validate().seed == seed
+
+
+@pytest.mark.parametrize("seed", [-1, LARGEST_SEED + 1])
+def test_seeds_outside_the_documented_range_are_refused(seed):
+    with pytest.raises(ConfigError, match="--seed"):
+        Config(seed=seed).validate()
+
+
+def test_epoch_plans_of_the_largest_seeds_exist_and_differ():
+    n = 50
+    top, below = epoch_plan(n, 1, LARGEST_SEED), epoch_plan(n, 1, LARGEST_SEED - 1)
+    assert sorted(top[0].tolist()) == list(range(n))
+    assert not torch.equal(top[0], below[0])
+    assert not torch.equal(epoch_plan(n, 2, LARGEST_SEED)[0], top[0])  # and epochs still differ
+
+
+def test_a_model_with_the_largest_seed_trains(tmp_path):
+    x, y = data(8)
+    history = tiny_model(tmp_path, seed=LARGEST_SEED, max_epoch=1).train(x, y)
+    assert [m["epoch"] for m in history] == [1] and math.isfinite(history[0]["train_loss"])
+
+
 @pytest.mark.parametrize("n, batch_size", [(20, 4), (17, 4), (9, 8), (3, 8)])
 def test_batch_slices_for_two_processes_are_disjoint_and_cover_every_position(n, batch_size):
     shares = [torch.cat(batch_slices(n, batch_size, rank, 2)).tolist() for rank in (0, 1)]
@@ -116,6 +153,152 @@ def test_batch_slices_for_two_processes_are_disjoint_and_cover_every_position(n,
         assert all(len(b) <= batch_size for b in batch_slices(n, batch_size, rank, 2))
     # One process takes every position, in order.
     assert torch.cat(batch_slices(n, batch_size)).tolist() == list(range(n))
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints written while training
+
+@pytest.mark.parametrize("save_interval, max_epoch, expected", [(3, 7, [3, 6, 7]), (3, 6, [3, 6]),
+                                                                 (10, 4, [4])])
+def test_checkpoints_are_written_every_save_interval_and_at_the_last_epoch(
+        tmp_path, save_interval, max_epoch, expected):
+    x, y = data(8)
+    model = tiny_model(tmp_path, save_interval=save_interval, max_epoch=max_epoch)
+    model.train(x, y)
+    modeldir = model.config.modeldir
+    assert checkpoints.list_checkpoints(modeldir) == expected
+    assert checkpoints.run_files(modeldir) == sorted(f"model-{e}.ckpt" for e in expected)
+    for epoch in expected:
+        assert checkpoints.read_checkpoint(checkpoints.checkpoint_path(modeldir, epoch))["epoch"] \
+            == epoch
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+
+def seed_global_generators(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+GENERATORS = ("python", "numpy", "torch")  # in the order of one_draw_of_each_generator
+
+
+def one_draw_of_each_generator() -> tuple:
+    return random.random(), float(np.random.random()), torch.rand(1).item()
+
+
+def drawing_every_step(monkeypatch) -> list:
+    """Make every training step also draw from the Python, numpy and torch global generators (as
+    user code or a later feature might); return the list the draws are appended to."""
+    draws = []
+    real_images = MyModel._images
+
+    def images_and_draws(self, x, training, offsets=None, flips=None):
+        if training:
+            draws.append(one_draw_of_each_generator())
+        return real_images(self, x, training, offsets, flips)
+
+    monkeypatch.setattr(MyModel, "_images", images_and_draws)
+    return draws
+
+
+def test_resume_restores_the_global_random_generators(tmp_path, monkeypatch):
+    # Training itself draws nothing from the global generators and MyModel seeds torch's anew, so
+    # only a run that draws from them, as this one does at every step, can see their restoring.
+    x, y = data(16)  # 2 steps per epoch
+    draws = drawing_every_step(monkeypatch)
+    seed_global_generators(1)
+    tiny_model(tmp_path / "straight", max_epoch=2).train(x, y)
+    straight = draws + [one_draw_of_each_generator()]
+    assert len(straight) == 5
+
+    draws.clear()
+    seed_global_generators(1)
+    tiny_model(tmp_path / "split", max_epoch=1, save_interval=1).train(x, y)
+    assert draws == straight[:2]
+    draws.clear()
+    seed_global_generators(99)  # whatever ran in between leaves the generators elsewhere
+    tiny_model(tmp_path / "split", max_epoch=2, save_interval=1).train(x, y, resume="latest")
+    resumed = draws + [one_draw_of_each_generator()]
+
+    assert len(resumed) == 3
+    for i, name in enumerate(GENERATORS):
+        assert [d[i] for d in resumed] == [d[i] for d in straight[2:]], \
+            f"the {name} generator was not restored on resume"
+
+
+def pause_at_last_step_then_sigint(monkeypatch, epoch: int, last_step: int) -> None:
+    """Stop training with a real SIGINT just before the last step of ``epoch``, so the step runs
+    and interrupted.ckpt is written at the epoch's very end."""
+    monkeypatch.setenv(Model.PAUSE_ENV, f"{epoch}:{last_step}")
+
+    def sigint_and_wait(stop, epoch, step):
+        os.kill(os.getpid(), signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while stop.signum is None:
+            assert time.monotonic() < deadline, "SIGINT never reached the handler"
+            time.sleep(0.01)
+
+    monkeypatch.setattr(Model, "_wait_for_signal", sigint_and_wait)
+
+
+def test_resume_at_an_epoch_boundary_reports_the_epochs_rate_and_is_exact(tmp_path, monkeypatch):
+    x, y = data(16)
+    steps = 2  # 16 images in batches of 8
+    straight = tiny_model(tmp_path / "straight", max_epoch=2)
+    straight_history = straight.train(x, y)
+
+    modeldir = tmp_path / "split"
+    pause_at_last_step_then_sigint(monkeypatch, 1, steps - 1)
+    with pytest.raises(Model.TrainingStopped) as stopped:
+        tiny_model(modeldir, max_epoch=2).train(x, y)
+    ckpt = checkpoints.read_checkpoint(stopped.value.path, for_resume=True)
+    assert os.path.basename(stopped.value.path) == checkpoints.INTERRUPTED
+    assert (ckpt["epoch"], ckpt["step"], ckpt["partial"]["seen"]) == (0, steps, 16)
+
+    monkeypatch.delenv(Model.PAUSE_ENV)
+    lines = []
+    resumed = MyModel(tiny_config(modeldir, max_epoch=2), log=lines.append)
+    history = resumed.train(x, y, resume="latest")
+    first = history[0]
+    assert first["epoch"] == 1
+    assert math.isfinite(first["images_per_second"]) and first["images_per_second"] > 0
+    # The epoch's overall rate: its 16 images over all the seconds spent on it, before and after.
+    assert first["images_per_second"] == pytest.approx(16 / first["seconds"], rel=1e-6)
+    epoch_line = next(line for line in lines if re.match(r"epoch +1/", line))
+    assert not re.search(r"(?<![\d.])0 img/s", epoch_line), epoch_line
+    assert first["train_loss"] == straight_history[0]["train_loss"]
+    assert first["train_acc"] == straight_history[0]["train_acc"]
+    a, b = state_of(straight), state_of(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming at the epoch's end"
+
+
+# --------------------------------------------------------------------------------------------
+# Flags refused
+
+@pytest.mark.parametrize("flag, value", [("learning_rate", math.inf), ("learning_rate", math.nan),
+                                         ("weight_decay", math.inf), ("momentum", math.nan),
+                                         ("lr_decay_factor", math.nan)])
+def test_non_finite_optimization_flags_are_refused(flag, value):
+    with pytest.raises(ConfigError, match=f"--{flag}\\b"):
+        Config(**{flag: value}).validate()
+
+
+@pytest.mark.parametrize("name", ["meta", "xpu", "cuda:7"])
+def test_devices_this_trainer_cannot_use_are_refused(name):
+    if name == "xpu" and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    if name == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has eight CUDA devices")
+    with pytest.raises(ConfigError, match="--device"):
+        select_device(name)
+
+
+def test_cpu_device_is_accepted():
+    assert select_device("cpu") == torch.device("cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,6 +343,27 @@ def test_compile_gives_the_same_logits(tmp_path):
     torch.testing.assert_close(compiled._logits(x), eager._logits(x), atol=1e-4, rtol=1e-4)
 
 
+def test_a_compiled_model_saves_the_plain_networks_names(tmp_path):
+    # torch.compile is lazy: nothing is compiled here, so this runs in the default suite.
+    compiled = tiny_model(tmp_path / "c", compile=True)
+    plain = tiny_model(tmp_path / "p", seed=1)  # other weights, so that loading shows
+    plain_names = set(plain.network.state_dict())
+    wrapped_names = set(compiled.forward_net.state_dict())
+    assert compiled.forward_net is not compiled.network
+    assert wrapped_names == {"_orig_mod." + k for k in plain_names}  # what saving it would give
+
+    path = str(tmp_path / "compiled.ckpt")
+    compiled._save(path)
+    saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    assert set(saved) == plain_names
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in saved)
+    compiled_state = state_of(compiled)
+    assert not torch.equal(state_of(plain)["start_layer.0.weight"],
+                           compiled_state["start_layer.0.weight"])
+    plain.load(path)
+    assert all(torch.equal(plain.network.state_dict()[k], compiled_state[k]) for k in plain_names)
+
+
 @pytest.mark.slow
 def test_compile_trains_like_eager_and_saves_plain_names(tmp_path):
     x, y = data(16)
@@ -185,6 +389,31 @@ def test_predict_prob_gives_probability_rows(tmp_path):
         assert (p >= 0).all()
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
         assert np.array_equal(p.argmax(1), model._logits(x).argmax(1).numpy())
+
+
+def hand_standardized(rows: np.ndarray) -> torch.Tensor:
+    """(N, 3072) rows -> (N, 3, 32, 32) float32, each image minus its mean over its population
+    standard deviation floored at 1/sqrt(3072): written out here, independent of ImageUtils."""
+    rows = rows.astype(np.float64)
+    mean = rows.mean(axis=1, keepdims=True)
+    std = np.maximum(rows.std(axis=1, keepdims=True), 1 / np.sqrt(3072))
+    return torch.from_numpy(((rows - mean) / std).astype(np.float32)).reshape(-1, 3, 32, 32)
+
+
+def test_logits_and_probabilities_match_a_forward_pass_written_out_by_hand(tmp_path):
+    x, y = data(20)
+    model = tiny_model(tmp_path, max_epoch=1, eval_batch_size=7)  # 3 batches: 7, 7, 6
+    model.train(x, y)  # left in training mode, with running statistics that are not the identity
+    norms = [m for m in model.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert any(m.running_mean.abs().max() > 1e-3 for m in norms)
+
+    logits = model._logits(x)
+    probabilities = model.predict_prob(x)
+    with torch.no_grad():
+        expected = model.network.eval()(hand_standardized(x))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(probabilities, torch.softmax(expected, dim=1).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(model.predict_prob(x.astype(np.float32)), probabilities)
 
 
 def test_predict_prob_does_not_depend_on_the_rest_of_the_batch(tmp_path):
