@@ -3,18 +3,23 @@
 Images travel as rows of 3072 uint8 values in the official layout: the red plane, then green, then
 blue, each 32x32 row-major; ``row.reshape(3, 32, 32)`` gives (C, H, W).
 
-Nothing here runs code from a file: CIFAR batches go through an unpickler that admits only the few
-numpy and codec functions those files need, and private sets are read with ``allow_pickle=False``.
+Nothing here runs code from a file: CIFAR batches go through the restricted unpickler of
+``safe_pickle.py``, which admits only the names numpy's arrays are pickled with and builds the
+arrays itself; private sets are read with ``allow_pickle=False`` once their header is checked, and
+archives are unpacked member by member.
 """
+import errno
+import gzip
 import hashlib
-import importlib
-import io
+import math
 import os
 import pickle
 import shutil
 import struct
+import sys
 import tarfile
 import tempfile
+import tokenize
 import urllib.error
 import urllib.request
 import zlib
@@ -22,61 +27,26 @@ import zlib
 import numpy as np
 
 from configure import CIFAR10_MD5, CIFAR10_URL
+from safe_pickle import safe_unpickle
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"
 FOLDER = "cifar-10-batches-py"
+ARCHIVE = "cifar-10-python.tar.gz"
 ROW = 3 * 32 * 32
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive
 
 
 class DataError(ValueError):
     """Data on disk is missing or unusable; the message names the file and what to do."""
 
 
-# --------------------------------------------------------------------------------------------
-# Restricted unpickling
-
-def _numpy_attr(private_module: str, public_module: str, name: str):
-    """The object numpy 1 stores as ``public_module.name`` and numpy 2 as ``private_module.name``."""
-    for module in (private_module, public_module):
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ImportError(f"numpy has neither {private_module}.{name} nor {public_module}.{name}")
-
-
-def _allowed_globals() -> dict:
-    reconstruct = _numpy_attr("numpy._core.multiarray", "numpy.core.multiarray", "_reconstruct")
-    frombuffer = _numpy_attr("numpy._core.numeric", "numpy.core.numeric", "_frombuffer")
-    allowed = {("_codecs", "encode"): __import__("_codecs").encode,
-               ("numpy", "ndarray"): np.ndarray,
-               ("numpy", "dtype"): np.dtype}
-    for prefix in ("numpy.core", "numpy._core"):
-        allowed[(f"{prefix}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{prefix}.numeric", "_frombuffer")] = frombuffer  # protocol 5 arrays
-    return allowed
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickler for CIFAR batches: any global outside a short list is refused before it runs."""
-
-    _allowed = None
-
-    def find_class(self, module, name):
-        if SafeUnpickler._allowed is None:
-            SafeUnpickler._allowed = _allowed_globals()
-        try:
-            return SafeUnpickler._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: a CIFAR-10 batch holds only numpy arrays, "
-                f"lists and strings") from None
-
-
-def safe_unpickle(data: bytes):
-    # encoding='bytes' keeps Python 2 strings (the pixel buffers of the official files) as bytes.
-    return SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+def _reason(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's text, shortened, for quoting inside a one-line message."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,27 +74,39 @@ def _read_batch(path: str, num_classes: int):
     except FileNotFoundError:
         raise DataError(f"{path} is missing; put all of data_batch_1..5 and test_batch from the "
                         f"CIFAR-10 python version in {os.path.dirname(path)}.") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not a batch file; replace it with {name} from the "
+                        f"CIFAR-10 python version.") from None
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror}); check its permissions.") from None
     try:
         batch = safe_unpickle(raw)
     except pickle.UnpicklingError as e:
         if "refusing" in str(e):
-            raise DataError(f"{path} is not a CIFAR-10 batch and was not loaded: {e}. Replace it "
-                            f"with the official file.") from None
-        raise DataError(f"{path} is corrupt or truncated ({e}); download CIFAR-10 again.") from None
+            raise DataError(f"{path} is not a CIFAR-10 batch and was not loaded ({_reason(e)}); "
+                            f"replace it with the official file.") from None
+        raise DataError(f"{path} is corrupt or truncated ({_reason(e)}); download CIFAR-10 "
+                        f"again.") from None
+    # Each of these is some corruption: a stack popped empty (IndexError), an unknown opcode
+    # (KeyError), a length past a C integer (OverflowError), ...
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
-            UnicodeDecodeError, struct.error) as e:
+            UnicodeDecodeError, struct.error, OverflowError, RecursionError) as e:
         raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}); download CIFAR-10 "
                         f"again.") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} does not hold a CIFAR-10 batch dict; replace it with the official "
                         f"file.")
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    if "data" not in batch or "labels" not in batch:
+    entries = {}
+    for key, value in batch.items():
+        text = key.decode("latin1") if isinstance(key, bytes) else key
+        if text in entries:
+            raise DataError(f"{path} holds the entry {text!r} twice (as bytes and as str); replace "
+                            f"it with the official file.")
+        entries[text] = value
+    if "data" not in entries or "labels" not in entries:
         raise DataError(f"{path} lacks the 'data' or 'labels' entry of a CIFAR-10 batch; replace it "
                         f"with the official file.")
-    x, labels = batch["data"], batch["labels"]
+    x, labels = entries["data"], entries["labels"]
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != ROW:
         what = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (n, 3072), found {what}; "
@@ -133,7 +115,7 @@ def _read_batch(path: str, num_classes: int):
         y = np.asarray(labels)
         if y.size == 0:  # np.asarray([]) is float; a batch of no images has no labels to check
             y = y.astype(np.int64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         y = np.asarray([], dtype=object)
     if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
         raise DataError(f"{path}: 'labels' must be {x.shape[0]} integers, one per image; replace "
@@ -144,16 +126,27 @@ def _read_batch(path: str, num_classes: int):
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
+def _refuse_file_as_data_dir(data_dir: str) -> None:
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data_dir {data_dir} is a file, not a folder; pass the folder that "
+                        f"holds (or is to hold) {FOLDER}.")
+
+
 def load_data(data_dir: str, num_classes: int = 10):
     """Read the CIFAR-10 python batches under ``data_dir``.
 
     Returns x_train (N, 3072) uint8, y_train (N,) int64, x_test (M, 3072) uint8, y_test (M,) int64;
     N = 50,000 and M = 10,000 for the official files, fewer for a small copy.
     """
+    _refuse_file_as_data_dir(data_dir)
     if not os.path.isdir(data_dir):
         raise DataError(f"data folder {data_dir} does not exist; create it with CIFAR-10 in it, or "
                         f"pass --data_dir.")
     folder = _batch_folder(data_dir)
+    misplaced = os.path.join(data_dir, FOLDER)
+    if folder is None and os.path.exists(misplaced) and not os.path.isdir(misplaced):
+        raise DataError(f"{misplaced} is a file, not the folder of CIFAR-10 batches; move it away "
+                        f"and put {FOLDER}/ from cifar-10-python.tar.gz there.")
     if folder is None:
         raise DataError(f"{data_dir} holds no CIFAR-10 batches; put the contents of "
                         f"cifar-10-python.tar.gz ({FOLDER}/data_batch_1..5, test_batch) there.")
@@ -185,74 +178,233 @@ def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------
 # Private test images
 
+def _read_npy_header(f, path: str):
+    """Read the header of the .npy file open as f -> (shape, fortran_order, dtype); f is left at
+    the first data byte. Refuses a file that is not an .npy by name."""
+    magic = f.read(len(NPY_MAGIC))
+    if not magic:
+        raise DataError(f"{path} is empty; save the images with np.save.")
+    if magic.startswith(ZIP_MAGIC):
+        raise DataError(f"{path} is an .npz archive, not an .npy file; save a single array with "
+                        f"np.save.")
+    if magic != NPY_MAGIC:
+        raise DataError(f"{path} is not an .npy file (it lacks the .npy signature); save the "
+                        f"images with np.save.")
+    version = tuple(f.read(2))
+    if len(version) < 2:
+        raise DataError(f"{path} ends inside its .npy header; save the images again with np.save.")
+    if version not in ((1, 0), (2, 0)):  # 3.0 only adds utf-8 field names, of no use to images
+        raise DataError(f"{path} uses .npy format version {'.'.join(map(str, version))}, which is "
+                        f"not read here; save the images as a plain array with np.save.")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    try:
+        shape, fortran_order, dtype = read_header(f)
+    # TokenError: numpy re-reads a header it cannot parse as one written by Python 2.
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError, UnicodeDecodeError,
+            struct.error, OverflowError, RecursionError, MemoryError) as e:
+        raise DataError(f"{path} has a corrupt .npy header ({_reason(e)}); save the images again "
+                        f"with np.save.") from None
+    if any(n < 0 for n in shape):
+        raise DataError(f"{path} has a corrupt .npy header (shape {shape}); save the images again "
+                        f"with np.save.")
+    return shape, fortran_order, dtype
+
+
+def _private_layout(path: str, shape: tuple) -> str:
+    if len(shape) == 2 and shape[1] == ROW:
+        return "rows"
+    if len(shape) == 4 and shape[1:] == (32, 32, 3):
+        return "hwc"
+    if len(shape) == 4 and shape[1:] == (3, 32, 32):
+        return "chw"
+    raise DataError(f"{path} has shape {shape}; expected (N, 3072), (N, 32, 32, 3) or "
+                    f"(N, 3, 32, 32).")
+
+
 def load_testing_images(path: str) -> np.ndarray:
     """Read a private ``.npy`` image set -> (N, 3072) float32 rows in the official layout, in [0, 255].
 
     Accepted: (N, 3072) rows in the official layout, (N, 32, 32, 3) or (N, 3, 32, 32); uint8, or
-    float with values in [0, 255].
+    float with values in [0, 255]; C or Fortran order, either byte order. The header is checked
+    against the file's size before any pixel is read, so a few bytes cannot ask for gigabytes.
     """
     try:
-        x = np.load(path, allow_pickle=False)
+        f = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"private data file {path} does not exist; pass --private_data with the "
                         f"path of your .npy file.") from None
-    except ValueError as e:
-        if "allow_pickle" in str(e):
+    except IsADirectoryError:
+        raise DataError(f"{path} is a folder, not an .npy file; pass --private_data with the path "
+                        f"of your .npy file.") from None
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror}); check its path and "
+                        f"permissions.") from None
+    with f:
+        shape, fortran_order, dtype = _read_npy_header(f, path)
+        if dtype.hasobject:
             raise DataError(f"{path} holds Python objects, which are not loaded; save the images "
-                            f"as a plain uint8 or float array with np.save.") from None
-        raise DataError(f"{path} is not a readable .npy file ({e}); save the images with "
-                        f"np.save.") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path} is not a readable .npy file ({e}); save the images with "
-                        f"np.save.") from None
-    if not isinstance(x, np.ndarray):
-        raise DataError(f"{path} is an .npz archive; save a single array with np.save.")
-    if x.dtype.kind not in "uif":
-        raise DataError(f"{path} holds {x.dtype} values; images must be uint8 or float in [0, 255].")
-    if x.ndim == 2 and x.shape[1] == ROW:
-        rows = x
-    elif x.ndim == 4 and x.shape[1:] == (32, 32, 3):
+                            f"as a plain uint8 or float array with np.save.")
+        if dtype.kind not in "uif":
+            raise DataError(f"{path} holds {dtype} values; images must be uint8 or float in "
+                            f"[0, 255].")
+        layout = _private_layout(path, shape)
+        if shape[0] == 0:
+            raise DataError(f"{path} holds no images.")
+        needed = math.prod(shape) * dtype.itemsize
+        present = os.fstat(f.fileno()).st_size - f.tell()
+        if present != needed:
+            what = "is truncated" if present < needed else "has extra bytes after its images"
+            raise DataError(f"{path} {what}: its header describes {shape} {dtype} ({needed} bytes) "
+                            f"but {present} bytes follow; save the images again with np.save.")
+        try:
+            f.seek(0)
+            x = np.lib.format.read_array(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:  # the file changed since its size was checked
+            raise DataError(f"{path} is not a readable .npy file ({_reason(e)}); save the images "
+                            f"with np.save.") from None
+    if layout == "hwc":
         rows = x.transpose(0, 3, 1, 2).reshape(len(x), ROW)
-    elif x.ndim == 4 and x.shape[1:] == (3, 32, 32):
-        rows = x.reshape(len(x), ROW)
     else:
-        raise DataError(f"{path} has shape {x.shape}; expected (N, 3072), (N, 32, 32, 3) or "
-                        f"(N, 3, 32, 32).")
-    if len(rows) == 0:
-        raise DataError(f"{path} holds no images.")
-    rows = rows.astype(np.float32)
+        rows = x.reshape(len(x), ROW)
     if not np.isfinite(rows).all():
         raise DataError(f"{path} contains NaN or infinite values; fix or drop those images.")
-    if rows.min() < 0 or rows.max() > 255:
-        raise DataError(f"{path} has values in [{rows.min():g}, {rows.max():g}]; pixels must lie in "
-                        f"[0, 255] (scale images in [0, 1] by 255).")
-    return np.ascontiguousarray(rows)
+    low, high = rows.min(), rows.max()
+    if low < 0 or high > 255:
+        raise DataError(f"{path} has values in [{low:g}, {high:g}]; pixels must lie in [0, 255] "
+                        f"(scale images in [0, 1] by 255).")
+    return np.ascontiguousarray(rows, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
-# Download
+# Download and unpacking
 
-def _safe_extract(archive: str, target: str) -> None:
-    """Unpack a .tar.gz into target, refusing members that are links, devices or escape target."""
-    root = os.path.realpath(target)
-    with tarfile.open(archive, "r:gz") as tar:
-        members = tar.getmembers()
-        for m in members:
-            dest = os.path.realpath(os.path.join(root, m.name))
-            if os.path.isabs(m.name) or not (dest == root or dest.startswith(root + os.sep)):
-                raise DataError(f"{archive} contains the path {m.name!r}, which leaves {target}; "
-                                f"the archive was not unpacked.")
-            if not (m.isfile() or m.isdir()):
-                raise DataError(f"{archive} contains {m.name!r}, which is not a plain file or "
-                                f"folder; the archive was not unpacked.")
-        for m in members:
-            dest = os.path.join(root, m.name)
-            if m.isdir():
-                os.makedirs(dest, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with tar.extractfile(m) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out)
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _check_members(archive: str, target: str, members) -> None:
+    """Refuse an archive with a member that is a link or device, or whose path leaves target."""
+    for m in members:
+        norm = os.path.normpath(m.name)
+        if os.path.isabs(m.name) or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+            raise DataError(f"{archive} contains the path {m.name!r}, which leaves {target}; "
+                            f"the archive was not unpacked.")
+        if not (m.isfile() or m.isdir()) or (m.isfile() and norm == os.curdir):
+            raise DataError(f"{archive} contains {m.name!r}, which is not a plain file or "
+                            f"folder; the archive was not unpacked.")
+
+
+def _unpack_error(source: str, target: str, e: OSError) -> DataError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DataError(f"the disk holding {target} ran out of space while unpacking {source}; "
+                         f"nothing was unpacked, free some space (CIFAR-10 needs about 180 MB) and "
+                         f"try again.")
+    return DataError(f"could not unpack {source} into {target} ({e.strerror or e}); nothing was "
+                     f"unpacked, check that {target} is a folder you can write to.")
+
+
+def _move_into_place(staging: str, target: str, source: str) -> None:
+    """Move every top-level entry of staging into target, or none: an entry already in target is
+    left untouched and named (only an empty folder is replaced)."""
+    names = sorted(os.listdir(staging))
+    for name in names:
+        dest = os.path.join(target, name)
+        empty_folder = (os.path.isdir(dest) and not os.path.islink(dest) and not os.listdir(dest)
+                        and os.path.isdir(os.path.join(staging, name)))
+        if os.path.lexists(dest) and not empty_folder:
+            kind = "folder" if os.path.isdir(dest) else "file"
+            raise DataError(f"{dest} is in the way of unpacking {source}: a {kind} of that name is "
+                            f"already there and was left untouched; move or delete it and try "
+                            f"again.")
+    moved = []
+    try:
+        for name in names:
+            was_empty_folder = os.path.isdir(os.path.join(target, name))
+            os.replace(os.path.join(staging, name), os.path.join(target, name))
+            moved.append((name, was_empty_folder))
+    except BaseException:
+        for name, was_empty_folder in reversed(moved):  # put target back as it was
+            os.replace(os.path.join(target, name), os.path.join(staging, name))
+            if was_empty_folder:
+                os.mkdir(os.path.join(target, name))
+        raise
+
+
+def _safe_extract(archive: str, target: str, source: str = None) -> None:
+    """Unpack a .tar.gz into target, refusing members that are links, devices or escape target.
+
+    Members are written to a hidden temporary folder inside target and moved into place only when
+    all are complete, so a failure (a full disk, something in the way, Ctrl-C) leaves target as it
+    was. ``source`` names the archive in messages (default: its path).
+    """
+    source = source or archive
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            _check_members(source, target, members)
+            try:
+                staging = tempfile.mkdtemp(prefix=".cifar-10-unpacking.", dir=target)
+            except OSError as e:
+                raise _unpack_error(source, target, e) from None
+            try:
+                for m in members:
+                    dest = os.path.join(staging, m.name)
+                    if m.isdir():
+                        os.makedirs(dest, exist_ok=True)
+                        continue
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    with tar.extractfile(m) as src, open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                _move_into_place(staging, target, source)
+            except gzip.BadGzipFile:  # an OSError, yet the archive's fault: reported below
+                raise
+            except OSError as e:
+                raise _unpack_error(source, target, e) from None
+            finally:
+                shutil.rmtree(staging)
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{source} could not be unpacked ({e or type(e).__name__}); it is corrupt "
+                        f"or not a .tar.gz archive.") from None
+
+
+def _md5_of_file(path: str) -> str:
+    digest = hashlib.md5()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror}); check its permissions.") from None
+    return digest.hexdigest()
+
+
+def ensure_cifar10(data_dir: str, download: bool = True, url: str = CIFAR10_URL,
+                   md5: str = CIFAR10_MD5, log=_to_stderr) -> None:
+    """Make sure data_dir holds the CIFAR-10 batches.
+
+    Nothing happens if it does. Otherwise ``data_dir/cifar-10-python.tar.gz``, if there, is
+    unpacked once its MD5 matches (no network needed; a mismatch is refused and the file kept);
+    otherwise the archive is downloaded from url when download is on. ``log`` gets one line
+    saying which of these happens.
+    """
+    _refuse_file_as_data_dir(data_dir)
+    if has_cifar10(data_dir):
+        return
+    local = os.path.join(data_dir, ARCHIVE)
+    if os.path.isfile(local):
+        found = _md5_of_file(local)
+        if md5 and found != md5:
+            raise DataError(f"{local} has MD5 {found}, not {md5} as the official archive has; "
+                            f"delete it, or replace it with the official {ARCHIVE}.")
+        log(f"CIFAR-10 not found in {data_dir}; unpacking {local}")
+        _safe_extract(local, data_dir)
+        return
+    if not download:
+        raise DataError(f"{data_dir} holds no CIFAR-10; put the contents of {ARCHIVE} "
+                        f"({FOLDER}/) there, or drop --no_download to fetch it.")
+    log(f"CIFAR-10 not found in {data_dir}; downloading {url}")
+    download_cifar10(data_dir, url, md5)
 
 
 def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
@@ -260,37 +412,41 @@ def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_M
     """Fetch the CIFAR-10 archive into data_dir, check its MD5 and unpack it there."""
     from tqdm import tqdm
 
+    _refuse_file_as_data_dir(data_dir)
     created = not os.path.isdir(data_dir)
-    os.makedirs(data_dir, exist_ok=True)
-    fd, part = tempfile.mkstemp(prefix=".cifar-10-python.", suffix=".part", dir=data_dir)
     try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=60) as response:
-                    total = int(response.headers.get("Content-Length") or 0) or None
-                    with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10",
-                              disable=None if progress is None else not progress) as bar:
-                        for chunk in iter(lambda: response.read(1 << 20), b""):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            bar.update(len(chunk))
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise DataError(f"could not download CIFAR-10 from {url} ({reason}); download "
-                                f"cifar-10-python.tar.gz yourself and unpack it in {data_dir}, so "
-                                f"that {os.path.join(data_dir, FOLDER)} holds data_batch_1..5 and "
-                                f"test_batch.") from None
-        if md5 and digest.hexdigest() != md5:
-            raise DataError(f"the file downloaded from {url} has MD5 {digest.hexdigest()}, not {md5}; "
-                            f"it was discarded. Try again, or unpack the official archive in "
-                            f"{data_dir} yourself.")
         try:
-            _safe_extract(part, data_dir)
-        except (tarfile.TarError, EOFError, zlib.error) as e:
-            raise DataError(f"the archive from {url} could not be unpacked ({e}).") from None
+            os.makedirs(data_dir, exist_ok=True)
+            fd, part = tempfile.mkstemp(prefix=".cifar-10-python.", suffix=".part", dir=data_dir)
+        except OSError as e:
+            raise DataError(f"cannot write to {data_dir} ({e.strerror}); choose a --data_dir you "
+                            f"can write to.") from None
+        try:
+            digest = hashlib.md5()
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    with urllib.request.urlopen(url, timeout=60) as response:
+                        total = int(response.headers.get("Content-Length") or 0) or None
+                        with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10",
+                                  disable=None if progress is None else not progress) as bar:
+                            for chunk in iter(lambda: response.read(1 << 20), b""):
+                                out.write(chunk)
+                                digest.update(chunk)
+                                bar.update(len(chunk))
+                except (urllib.error.URLError, OSError, ValueError) as e:
+                    reason = getattr(e, "reason", None) or e
+                    raise DataError(f"could not download CIFAR-10 from {url} ({reason}); download "
+                                    f"{ARCHIVE} yourself and put it in {data_dir}, or unpack it "
+                                    f"there so that {os.path.join(data_dir, FOLDER)} holds "
+                                    f"data_batch_1..5 and test_batch.") from None
+            if md5 and digest.hexdigest() != md5:
+                raise DataError(f"the file downloaded from {url} has MD5 {digest.hexdigest()}, not "
+                                f"{md5}, and was discarded; try again, or put the official "
+                                f"{ARCHIVE} in {data_dir} yourself.")
+            _safe_extract(part, data_dir, source=f"the archive from {url}")
+        finally:
+            if os.path.exists(part):
+                os.remove(part)
     finally:
-        if os.path.exists(part):
-            os.remove(part)
-        if created and not os.listdir(data_dir):  # leave no trace of a failed first download
-            os.rmdir(data_dir)
+        if created and os.path.isdir(data_dir) and not os.listdir(data_dir):
+            os.rmdir(data_dir)  # leave no trace of a failed first download

@@ -211,11 +211,10 @@ def atomic_save(obj, path: str, writer=_torch_writer, flag: str = "--modeldir") 
 def _torch_reason(e: Exception) -> str:
     """The informative sentence of one of torch.load's (often long) refusals."""
     text = " ".join(str(e).split())
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].strip()
-    sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].strip() if text else ""
-    return sentence.rstrip(".") or type(e).__name__
+    sentences = [t.strip() for t in re.split(r"(?<=[.!?])\s", text) if t.strip()]
+    # A refused file says what it asked for in the sentence naming a "global"; else the first.
+    telling = [t for t in sentences if "global" in t.lower()] or sentences
+    return telling[0].rstrip(".") if telling else type(e).__name__
 
 
 def read_checkpoint(path: str, for_resume: bool = False) -> dict:

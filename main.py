@@ -10,18 +10,30 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 
-try:  # importing torch takes seconds: a Ctrl-C meanwhile ends quietly, like one at any other time
-    import numpy as np
 
-    import DataReader
-    import Model
-    import checkpoints
-    from configure import Config, ConfigError
-except KeyboardInterrupt:
-    sys.stderr.write("interrupted while starting; nothing was done.\n")
-    sys.exit(130)
+def _quit_while_starting(signum, frame):
+    # A KeyboardInterrupt raised inside torch's import can cross C++ code and abort the process
+    # with a core dump or a traceback; nothing has been done yet, so leave at once instead.
+    os.write(2, b"interrupted while starting; nothing was done.\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":  # importing torch takes seconds: a Ctrl-C meanwhile ends quietly
+    signal.signal(signal.SIGINT, _quit_while_starting)
+
+import numpy as np
+import torch._dynamo  # noqa: F401  (torch.optim imports it on first use; here, under the guard)
+
+import DataReader
+import Model
+import checkpoints
+from configure import Config, ConfigError
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Flags that mean something in one mode only; given in another they are refused, not ignored.
 MODE_FLAGS = {"resume": "train", "overwrite": "train", "checkpoints": "test", "eval_set": "test",
@@ -98,15 +110,8 @@ def config_from_args(args) -> Config:
 
 
 def _ensure_data(config: Config) -> None:
-    if DataReader.has_cifar10(config.data_dir):
-        return
-    if not config.download:
-        raise DataReader.DataError(
-            f"{config.data_dir} holds no CIFAR-10; put the contents of cifar-10-python.tar.gz "
-            f"(cifar-10-batches-py/) there, or drop --no_download to fetch it.")
-    print(f"CIFAR-10 not found in {config.data_dir}; downloading {config.download_url}",
-          file=sys.stderr)
-    DataReader.download_cifar10(config.data_dir, config.download_url)
+    # The batches, else a cifar-10-python.tar.gz in data_dir (MD5 checked), else the download.
+    DataReader.ensure_cifar10(config.data_dir, config.download, config.download_url)
 
 
 def _check_modeldir(config: Config, args) -> None:

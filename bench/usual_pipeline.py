@@ -39,6 +39,24 @@ class PerImageDataset(Dataset):
         return torch.from_numpy(image), int(self.y[i])
 
 
+def seed_worker(worker_id):
+    """Give each DataLoader worker its own augmentation generator.
+
+    Every worker starts with a copy of the dataset, generator state included, so without this all
+    workers would draw the same crops and flips. torch seeds each worker with base_seed + worker_id
+    (the base drawn anew each epoch from the main process's generator), as its documentation on
+    randomness in DataLoader workers shows.
+    """
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(torch.initial_seed())
+
+
+def train_loader(x, y, batch_size, num_workers=0):
+    """Shuffled, augmented training batches as the usual pipeline makes them."""
+    return DataLoader(PerImageDataset(x, y, True), batch_size=batch_size, shuffle=True,
+                      num_workers=num_workers, worker_init_fn=seed_worker)
+
+
 def train_steps(net, loader, optimizer, max_steps=None):
     """Train over loader (at most max_steps batches); return images seen."""
     net.train()
@@ -87,8 +105,7 @@ def main():
     x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(x, y, args.split_index)
     net = ResNet(1, args.resnet_size)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    loader = DataLoader(PerImageDataset(x_train, y_train, True), batch_size=args.batch_size,
-                        shuffle=True, num_workers=args.num_workers)
+    loader = train_loader(x_train, y_train, args.batch_size, args.num_workers)
     start = time.perf_counter()
     train_steps(net, loader, optimizer)
     train_s = time.perf_counter() - start

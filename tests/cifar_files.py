@@ -10,17 +10,26 @@ TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
 class Py2Pickler(pickle._Pickler):
     """Writes bytes the way Python 2 wrote its str: SHORT_BINSTRING / BINSTRING opcodes, as in the
-    official CIFAR-10 files (Python 3 would write them through _codecs.encode)."""
+    official CIFAR-10 files (Python 3 would write them through _codecs.encode). Text (numpy's dtype
+    codes such as 'u1' and '|', which Python 2 numpy gave as str) is written the same way."""
+
+    def _write_string(self, data: bytes):
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
 
     def save_bytes(self, obj):
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self._write_string(obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self._write_string(obj.encode("latin1"))
         self.memoize(obj)
 
     dispatch = dict(pickle._Pickler.dispatch)
     dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
 
     def save_global(self, obj, name=None):
         # numpy 2 names its reconstructor numpy._core...; the official files say numpy.core...

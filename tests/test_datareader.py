@@ -1,11 +1,15 @@
 """DataReader.py: every on-disk format of CIFAR-10 loads the same; anything else is refused by name."""
+import io
 import os
 import pickle
+import pickletools
+import tracemalloc
 
 import numpy as np
 import pytest
 
 import DataReader
+import safe_pickle
 from DataReader import (DataError, fingerprint, load_data, load_testing_images, train_valid_split,
                         train_vaild_split)
 from cifar_files import TRAIN, make_batch, py2_dumps, write_cifar
@@ -79,7 +83,31 @@ def test_py2_file_really_uses_python2_opcodes(tmp_path):
     raw = open(os.path.join(folder, "data_batch_1"), "rb").read()
     assert b"cnumpy.core.multiarray\n_reconstruct\n" in raw
     assert b"_codecs" not in raw
-    assert pickle.BINSTRING in raw or pickle.SHORT_BINSTRING in raw
+    opcodes = {op.name for op, _, _ in pickletools.genops(raw)}
+    assert "BINSTRING" in opcodes or "SHORT_BINSTRING" in opcodes
+    assert not opcodes & {"BINUNICODE", "SHORT_BINUNICODE", "UNICODE"}  # dtype codes too are bytes
+
+
+def test_python2_numpy_bytes_load(tmp_path):
+    # A batch spelled out opcode by opcode as Python 2's numpy pickled a uint8 array (dtype code
+    # and byte order as byte strings, the dtype's align and copy as the ints 0 and 1), checked
+    # against numpy's own unpickling of the same bytes.
+    pixels = bytes(range(256)) * 12  # one image
+    array = (b"cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00\x85U\x01b"
+             b"\x87Rq\x04(K\x01K\x01M\x00\x0c\x86cnumpy\ndtype\nq\x05U\x02u1K\x00K\x01\x87Rq\x06"
+             b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T\x00\x0c\x00\x00"
+             + pixels + b"tb")
+    blob = b"\x80\x02}q\x00(U\x04dataq\x01" + array + b"U\x06labelsq\x07]q\x08K\x07au."
+    reference = pickle.loads(blob, encoding="bytes")
+    assert reference[b"data"].dtype == np.uint8 and reference[b"data"].shape == (1, 3072)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in TRAIN + ["test_batch"]:
+        (folder / name).write_bytes(blob)
+    x_train, y_train, x_test, y_test = load_data(str(tmp_path))
+    np.testing.assert_array_equal(x_test, reference[b"data"])
+    np.testing.assert_array_equal(y_test, [7])
+    assert x_train.shape == (5, 3072) and x_train.flags.writeable
 
 
 def test_data_dir_may_point_straight_at_the_batches(tmp_path):
@@ -99,6 +127,18 @@ def test_batches_of_any_row_count(tmp_path, n_per_batch, n_test):
     assert x_train.shape == (5 * n_per_batch, 3072) and y_train.shape == (5 * n_per_batch,)
     assert x_test.shape == (n_test, 3072) and y_test.shape == (n_test,)
     assert y_test.dtype == np.int64
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_zero_row_batches_load_in_every_style(tmp_path, style):
+    # Protocol 2 from Python 3 stores the empty pixel buffer as a call to bytes().
+    data_dir, folder = batches(tmp_path, style, n_per_batch=0, n_test=0)
+    if style == "p2":
+        assert b"__builtin__\nbytes\n" in open(os.path.join(folder, "test_batch"), "rb").read()
+    x_train, y_train, x_test, y_test = load_data(data_dir)
+    assert x_train.shape == (0, 3072) and x_train.dtype == np.uint8
+    assert x_test.shape == (0, 3072) and x_test.dtype == np.uint8
+    assert y_train.shape == (0,) and y_test.shape == (0,) and y_test.dtype == np.int64
 
 
 def test_batches_of_different_sizes_are_concatenated_in_order(tmp_path):
@@ -124,6 +164,17 @@ def test_numpy2_reconstruct_path_loads(tmp_path):
     assert b"numpy._core.multiarray\n" in open(os.path.join(folder, "test_batch"), "rb").read()
     for a, b in zip(reference, load_data(data_dir)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("style", ["p2", "p3", "p4", "p5"])
+def test_fortran_ordered_and_big_endian_arrays_load_the_same(tmp_path, style):
+    data_dir, folder = batches(tmp_path, style)
+    x, y = make_batch(5, np.random.default_rng(1))
+    write_batch(os.path.join(folder, "test_batch"), np.asfortranarray(x), y.astype(">i4"), style)
+    _, _, x_test, y_test = load_data(data_dir)
+    np.testing.assert_array_equal(x_test, x)
+    np.testing.assert_array_equal(y_test, y)
+    assert x_test.flags.c_contiguous and y_test.dtype == np.int64
 
 
 def test_labels_as_numpy_array_are_accepted(tmp_path):
@@ -182,6 +233,111 @@ def test_hostile_pickle_alone_is_refused_by_safe_unpickle(tmp_path):
     handle = pickle.loads(blob)
     handle.close()
     assert marker.exists()
+
+
+class _Dtype:
+    """Pickles as numpy.dtype(code) with the state given (numpy's own: (3, '|', None, None, None,
+    -1, -1, 0) for uint8)."""
+
+    def __init__(self, code, state):
+        self.code, self.state = code, state
+
+    def __reduce__(self):
+        return np.dtype, (self.code, False, True), self.state
+
+
+class _Array:
+    """Pickles as numpy does (_reconstruct, then a state with shape, dtype, order and data)."""
+
+    def __init__(self, shape, dtype, data):
+        self.shape, self.dtype, self.data = shape, dtype, data
+
+    def __reduce__(self):
+        reconstruct = np.zeros(0, np.uint8).__reduce__()[0]
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.data)
+
+
+@pytest.mark.parametrize("what, state", [
+    ("object flags", (3, "|", None, None, None, -1, -1, 63)),
+    ("refcount flag", (3, "<", None, None, None, -1, -1, 1)),
+    ("fields", (3, "|", None, ("a",), {"a": (np.dtype("u1"), 0)}, -1, -1, 0)),
+    ("a subarray", (3, "|", (np.dtype("u1"), (2,)), None, None, -1, -1, 0)),
+    ("an unknown byte order", (3, "x", None, None, None, -1, -1, 0)),
+    ("numpy's own state", None),
+])
+@pytest.mark.parametrize("entry", ["data", "labels"])
+def test_numpy_dtype_states_beyond_plain_numbers_are_refused(tmp_path, capfd, what, state, entry):
+    # numpy's own dtype.__setstate__ takes such flags from a file and then treats the numbers as
+    # Python objects: internal errors, labels read from uninitialized memory.
+    data_dir, folder = batches(tmp_path, "p4")
+    path = os.path.join(folder, "data_batch_1")
+    code, shape, size = ("u1", (2, 3072), 2 * 3072) if entry == "data" else ("i8", (2,), 16)
+    batch = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+    batch[entry] = _Array(shape, _Dtype(code, state) if state else np.dtype(code), bytes(size))
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=4)
+    if state is None:  # the control: with numpy's own state the same file loads
+        assert load_data(data_dir)[0].shape == (6 * 4 + 2, 3072)
+        return
+    with pytest.raises(DataError, match="refusing") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+    assert capfd.readouterr().err == ""  # and numpy printed no internal error
+
+
+@pytest.mark.parametrize("code", ["O", "V8", "U3", "M8[s]", "(2,)u1", "u1,u1"])
+def test_numpy_dtypes_other_than_plain_numbers_are_refused(tmp_path, code):
+    data_dir, folder = batches(tmp_path, "p4")
+    path = os.path.join(folder, "data_batch_1")
+    with open(path, "wb") as f:
+        pickle.dump({"data": _Array((1,), _Dtype(code, (3, "|", None, None, None, -1, -1, 0)),
+                                    bytes(8)), "labels": [0]}, f, protocol=4)
+    with pytest.raises(DataError, match="refusing") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+
+
+@pytest.mark.parametrize("module", [b"__builtin__", b"builtins"])
+def test_bytes_with_arguments_is_refused(tmp_path, module):
+    # bytes() is admitted for the empty buffer only: bytes(n) would allocate n bytes on request.
+    data_dir, folder = batches(tmp_path, "p2")
+    path = os.path.join(folder, "data_batch_1")
+    blob = (b"\x80\x02}(X\x04\x00\x00\x00datac" + module + b"\nbytes\nJ@B\x0f\x00\x85R"
+            b"X\x06\x00\x00\x00labels]u.")
+    with open(path, "wb") as f:
+        f.write(blob)
+    with pytest.raises(DataError, match="refusing to load bytes") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+
+
+def test_a_file_cannot_change_the_loader(tmp_path):
+    # BUILD with a slot state would set attributes on what a GLOBAL gave: here the default
+    # arguments of the stand-in for _codecs.encode, for every later load.
+    data_dir, folder = batches(tmp_path)
+    path = os.path.join(folder, "data_batch_1")
+    with open(path, "wb") as f:
+        f.write(b"\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__X\x06\x00\x00\x00latin1"
+                b"\x85s\x86b.")
+    encode = safe_pickle.SafeUnpickler(b"").find_class("_codecs", "encode")
+    assert encode.__defaults__ is None
+    with pytest.raises(DataError, match="refusing") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+    assert encode.__defaults__ is None
+
+
+def test_a_refused_name_is_quoted_on_one_line(tmp_path):
+    # A name with a line break in it (protocol 4 names are strings of any content) must not
+    # break the one-line message.
+    data_dir, folder = batches(tmp_path)
+    path = os.path.join(folder, "data_batch_1")
+    with open(path, "wb") as f:
+        f.write(b"\x80\x04\x8c\x03os\n\x8c\x07sys\ntem\x93.")
+    with pytest.raises(DataError, match="refusing") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+    assert "\n" not in str(info.value) and "'os\\n.sys\\ntem'" in str(info.value)
 
 
 # ------------------------------------------------------------------ broken files
@@ -281,6 +437,92 @@ def test_not_a_batch_dict_raises_data_error(tmp_path, obj):
     with pytest.raises(DataError) as info:
         load_data(data_dir)
     assert_names(info, path)
+
+
+def test_data_and_labels_given_twice_are_refused(tmp_path):
+    data_dir, folder = batches(tmp_path)
+    path = os.path.join(folder, "data_batch_2")
+    x, y = make_batch(3, np.random.default_rng(0))
+    with open(path, "wb") as f:
+        pickle.dump({b"data": x, "data": x[:0], b"labels": [int(v) for v in y], "labels": []}, f,
+                    protocol=2)
+    with pytest.raises(DataError, match="twice") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+
+
+class _EmptyHanded:
+    """Pickles as an array of the given shape whose pixels are not in the file."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, np.dtype(dtype)
+
+    def __reduce__(self):
+        reconstruct = np.zeros(0, np.uint8).__reduce__()[0]  # numpy's own, admitted by the loader
+        return reconstruct, (np.ndarray, self.shape, self.dtype)
+
+
+def test_array_without_its_data_is_refused(tmp_path):
+    # A few hundred bytes that would give 300 MB of uninitialized memory as "images".
+    data_dir, folder = batches(tmp_path, "p4")
+    path = os.path.join(folder, "data_batch_4")
+    with open(path, "wb") as f:
+        pickle.dump({"data": _EmptyHanded((100000, 3072), np.uint8),
+                     "labels": _EmptyHanded((100000,), np.int64)}, f, protocol=4)
+    assert os.path.getsize(path) < 1000
+    with pytest.raises(DataError, match="carries no data") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+
+
+@pytest.mark.parametrize("what, blob", [
+    # [] memoized at index 5 million: the C unpickler grows its memo array to match (80 MB)
+    ("a huge memo index", b"\x80\x02]r" + (5_000_000).to_bytes(4, "little") + b"."),
+    # a bytearray said to hold 100 MB: pickle sets the memory aside before reading
+    ("a huge bytearray length", b"\x80\x05\x96" + (100_000_000).to_bytes(8, "little") + b"ab."),
+])
+def test_a_few_bytes_cannot_ask_for_memory(tmp_path, what, blob):
+    # Found by fuzzing: single flipped bytes gave such numbers near 10^9, and loading took
+    # gigabytes and a minute.
+    data_dir, folder = batches(tmp_path)
+    path = os.path.join(folder, "data_batch_1")
+    with open(path, "wb") as f:
+        f.write(blob)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_data(data_dir)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_names(info, path)
+    assert peak < 10_000_000, f"{what}: {peak / 1e6:.0f} MB"
+
+
+def test_batch_that_is_a_folder_is_named(tmp_path):
+    data_dir, folder = batches(tmp_path)
+    path = os.path.join(folder, "data_batch_3")
+    os.remove(path)
+    os.mkdir(path)
+    with pytest.raises(DataError, match="is a folder, not a batch file") as info:
+        load_data(data_dir)
+    assert_names(info, path)
+
+
+def test_data_dir_that_is_a_file_is_named_as_a_file(tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as info:
+        load_data(str(path))
+    assert str(info.value) == (f"--data_dir {path} is a file, not a folder; pass the folder that "
+                               f"holds (or is to hold) cifar-10-batches-py.")
+
+
+def test_batch_folder_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "cifar-10-batches-py").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file, not the folder of CIFAR-10 batches") as info:
+        load_data(str(tmp_path))
+    assert_names(info, tmp_path / "cifar-10-batches-py")
 
 
 def test_missing_data_folder_raises_data_error_naming_it(tmp_path):
@@ -478,3 +720,96 @@ def test_private_images_unreadable_files_are_refused(tmp_path, content):
     with pytest.raises(DataError) as info:
         load_testing_images(str(path))
     assert_names(info, path)
+
+
+@pytest.mark.parametrize("layout", ["rows", "hwc", "chw"])
+@pytest.mark.parametrize("order", ["fortran", "big_endian", "both"])
+def test_private_images_in_fortran_order_or_big_endian_load_the_same(tmp_path, layout, order):
+    rows = _private_rows()
+    array = _layouts(rows)[layout].astype(np.float32)
+    if order in ("big_endian", "both"):
+        array = array.astype(">f4")
+    if order in ("fortran", "both"):
+        array = np.asfortranarray(array)
+    path = tmp_path / "private.npy"
+    np.save(path, array)
+    assert (b"'fortran_order': True" in path.read_bytes()[:128]) == (order != "big_endian")
+    out = load_testing_images(str(path))
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, rows.astype(np.float32))
+
+
+def _npy_with_header(shape, descr="|u1", payload=b"", version=1):
+    """An .npy file whose header says shape and descr, followed by payload."""
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    write = (np.lib.format.write_array_header_1_0 if version == 1
+             else np.lib.format.write_array_header_2_0)
+    write(buf, header)
+    return buf.getvalue() + payload
+
+
+@pytest.mark.parametrize("shape", [(10 ** 12, 3072), (2 ** 40, 32, 32, 3), (5, 3072)])
+def test_private_images_header_larger_than_the_file_is_refused_before_reading(tmp_path, shape):
+    path = tmp_path / "private.npy"
+    path.write_bytes(_npy_with_header(shape, payload=b"\x00" * 3072))
+    with pytest.raises(DataError, match="is truncated: its header describes") as info:
+        load_testing_images(str(path))
+    assert_names(info, path)
+    assert "3072 bytes follow" in str(info.value)
+
+
+def test_private_images_extra_bytes_after_the_images_are_refused(tmp_path):
+    path = tmp_path / "private.npy"
+    path.write_bytes(_npy_with_header((1, 3072), payload=b"\x00" * 3073))
+    with pytest.raises(DataError, match="extra bytes") as info:
+        load_testing_images(str(path))
+    assert_names(info, path)
+
+
+def test_private_images_header_version_2_loads(tmp_path):
+    rows = _private_rows(2)
+    path = tmp_path / "private.npy"
+    path.write_bytes(_npy_with_header((2, 3072), payload=rows.tobytes(), version=2))
+    np.testing.assert_array_equal(load_testing_images(str(path)), rows)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"1,2,3\n", "is not an .npy file"),
+    (pickle.dumps(np.zeros((2, 3072), np.uint8)), "is not an .npy file"),
+    (b"", "is empty"),
+    (b"\x93NUMPY\x01\x00\xff\xff{'descr'", "corrupt .npy header"),
+    (b"\x93NUMPY\x03\x00\x10\x00\x00\x00{}", "version 3.0"),
+])
+def test_private_images_that_are_not_npy_files_say_so(tmp_path, content, says):
+    path = tmp_path / "private.npy"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=says) as info:
+        load_testing_images(str(path))
+    assert_names(info, path)
+    assert "Python objects" not in str(info.value)
+
+
+def test_private_images_npz_is_named_as_such(tmp_path):
+    path = tmp_path / "private.npz"
+    np.savez(path, images=np.zeros((4, 3072), np.uint8))
+    with pytest.raises(DataError, match="is an .npz archive, not an .npy file") as info:
+        load_testing_images(str(path))
+    assert_names(info, path)
+
+
+def test_private_images_folder_is_named_as_such(tmp_path):
+    with pytest.raises(DataError, match="is a folder") as info:
+        load_testing_images(str(tmp_path))
+    assert_names(info, tmp_path)
+
+
+def test_private_images_huge_floats_are_reported_as_out_of_range(tmp_path):
+    # Checked before the conversion to float32, which would turn 1e300 into infinity.
+    rows = _private_rows().astype(np.float64)
+    rows[0, 0] = 1e300
+    path = tmp_path / "private.npy"
+    np.save(path, rows)
+    with pytest.raises(DataError, match="pixels must lie in") as info:
+        load_testing_images(str(path))
+    assert "1e+300" in str(info.value)

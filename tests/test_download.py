@@ -1,4 +1,5 @@
 """DataReader.download_cifar10 and the CLI's download path, against a local HTTP server."""
+import errno
 import functools
 import hashlib
 import http.server
@@ -7,8 +8,10 @@ import os
 import socket
 import subprocess
 import sys
+import shutil
 import tarfile
 import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -20,6 +23,10 @@ from DataReader import DataError
 from cifar_files import write_cifar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Written out here, not taken from configure.py, so that a changed constant fails a test.
+PUBLISHED_MD5 = "c58f30108f718f92721af3b95e74349a"  # beside the archive on the CIFAR-10 page
+PUBLISHED_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -100,15 +107,25 @@ def test_wrong_md5_is_refused_and_leaves_nothing_behind(tmp_path, server):
     assert not DataReader.has_cifar10(str(data_dir))
 
 
+def test_configured_md5_and_url_are_the_published_ones():
+    assert configure.CIFAR10_MD5 == PUBLISHED_MD5
+    assert configure.CIFAR10_URL == PUBLISHED_URL
+    assert configure.Config().download_url == PUBLISHED_URL
+
+
 def test_default_md5_is_the_official_one(tmp_path, server):
-    # Our look-alike archive is not the official file, so the default check must reject it.
+    # Our look-alike archive is not the official file, so the default check must reject it, naming
+    # the published MD5, whether it is downloaded or found in data_dir.
     root, base = server
     make_archive(root / "cifar.tar.gz", tmp_path / "staging")
-    assert DataReader.download_cifar10.__defaults__[1] == configure.CIFAR10_MD5
     data_dir = tmp_path / "data"
-    with pytest.raises(DataError, match=configure.CIFAR10_MD5):
+    with pytest.raises(DataError, match=PUBLISHED_MD5):
         DataReader.download_cifar10(str(data_dir), f"{base}/cifar.tar.gz", progress=False)
     assert not data_dir.exists()  # the folder it made is gone again: no .part, nothing unpacked
+    data_dir.mkdir()
+    (data_dir / "cifar-10-python.tar.gz").write_bytes((root / "cifar.tar.gz").read_bytes())
+    with pytest.raises(DataError, match=PUBLISHED_MD5):
+        DataReader.ensure_cifar10(str(data_dir), download=False, log=lambda line: None)
 
 
 @pytest.mark.parametrize("where", ["closed_port", "404"])
@@ -215,6 +232,180 @@ def test_safe_extract_accepts_a_plain_archive_with_folders(tmp_path):
     assert (target / "top.txt").read_bytes() == b"top"
 
 
+def tree(folder):
+    """Every folder and file under folder, hidden ones included: relative path -> bytes or None."""
+    found = {}
+    for d, dirs, files in os.walk(folder):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(d, name), folder)] = None
+        for name in files:
+            path = os.path.join(d, name)
+            found[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return found
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """(path, md5) of a look-alike cifar-10-python.tar.gz outside any data_dir."""
+    path = tmp_path / "cifar-10-python.tar.gz"
+    return path, make_archive(path, tmp_path / "staging")
+
+
+def _data_dir_with_notes(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "notes.txt").write_text("mine")
+    return data_dir
+
+
+# ------------------------------------------------------------------ unpacking: all or nothing
+
+def _copy_that_fails(monkeypatch, error, on_call=2):
+    """Make the on_call-th member copy write half of its bytes, then raise error."""
+    real_copy = shutil.copyfileobj
+    calls = []
+
+    def copy(src, dst, *args):
+        calls.append(dst.name)
+        if len(calls) < on_call:
+            return real_copy(src, dst, *args)
+        data = src.read()
+        dst.write(data[: len(data) // 2])
+        dst.flush()
+        assert os.path.getsize(dst.name) > 0  # a partly written member really is on disk
+        raise error
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    return calls
+
+
+def test_disk_full_while_unpacking_leaves_data_dir_as_it_was(tmp_path, archive, monkeypatch):
+    data_dir = _data_dir_with_notes(tmp_path)
+    before = tree(data_dir)
+    calls = _copy_that_fails(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    with pytest.raises(DataError) as info:
+        DataReader._safe_extract(str(archive[0]), str(data_dir))
+    assert len(calls) == 2  # one member complete, the second half written when the disk filled
+    msg = str(info.value)
+    assert "space" in msg and str(data_dir) in msg and str(archive[0]) in msg
+    assert tree(data_dir) == before  # no partly unpacked member, no temporary folder
+    assert not DataReader.has_cifar10(str(data_dir))
+
+
+def test_ctrl_c_while_unpacking_leaves_data_dir_as_it_was(tmp_path, archive, monkeypatch):
+    data_dir = _data_dir_with_notes(tmp_path)
+    before = tree(data_dir)
+    _copy_that_fails(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        DataReader._safe_extract(str(archive[0]), str(data_dir))
+    assert tree(data_dir) == before
+
+
+def test_a_file_in_the_way_is_named_and_left_untouched(tmp_path, archive):
+    # The archive in data_dir (MD5 matching) is unpacked, but a plain file holds the folder's name.
+    data_dir = _data_dir_with_notes(tmp_path)
+    shutil.copy(archive[0], data_dir / "cifar-10-python.tar.gz")
+    (data_dir / "cifar-10-batches-py").write_text("not a folder")
+    before = tree(data_dir)
+    with pytest.raises(DataError) as info:
+        DataReader.ensure_cifar10(str(data_dir), download=False, md5=archive[1],
+                                  log=lambda line: None)
+    msg = str(info.value)
+    assert str(data_dir / "cifar-10-batches-py") in msg and "in the way" in msg
+    assert tree(data_dir) == before
+
+
+def test_an_empty_batch_folder_is_filled(tmp_path, archive):
+    data_dir = tmp_path / "data"
+    (data_dir / "cifar-10-batches-py").mkdir(parents=True)
+    DataReader._safe_extract(str(archive[0]), str(data_dir))
+    assert DataReader.load_data(str(data_dir))[0].shape == (100, 3072)
+    assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-py"]
+
+
+def test_a_failed_move_puts_everything_back(tmp_path, monkeypatch):
+    # Two top-level entries: the first is moved in (over an empty folder), the second fails.
+    path = tmp_path / "two.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        _add_file(tar, "cifar-10-batches-py/test_batch", b"batch")
+        _add_file(tar, "readme.txt", b"hello")
+    data_dir = _data_dir_with_notes(tmp_path)
+    (data_dir / "cifar-10-batches-py").mkdir()
+    before = tree(data_dir)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(dst) == "readme.txt":
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(DataError, match="could not unpack"):
+        DataReader._safe_extract(str(path), str(data_dir))
+    assert tree(data_dir) == before
+
+
+# ------------------------------------------------------------------ an archive already in data_dir
+
+def _no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(DataReader, "download_cifar10", refuse)
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_archive_in_data_dir_is_checked_and_unpacked_without_network(tmp_path, archive,
+                                                                     monkeypatch, download):
+    _no_network(monkeypatch)
+    data_dir = _data_dir_with_notes(tmp_path)
+    local = data_dir / "cifar-10-python.tar.gz"
+    shutil.copy(archive[0], local)
+    lines = []
+    DataReader.ensure_cifar10(str(data_dir), download, "http://127.0.0.1:9/never.tar.gz",
+                              archive[1], log=lines.append)
+    assert lines == [f"CIFAR-10 not found in {data_dir}; unpacking {local}"]
+    for a, b in zip(DataReader.load_data(str(data_dir)),
+                    DataReader.load_data(str(tmp_path / "staging"))):
+        np.testing.assert_array_equal(a, b)
+    assert local.read_bytes() == archive[0].read_bytes()  # kept as it was
+    assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz",
+                                            "notes.txt"]
+    lines.clear()
+    DataReader.ensure_cifar10(str(data_dir), download, md5=archive[1], log=lines.append)
+    assert lines == []  # the batches are there now: nothing more to do
+
+
+def test_archive_in_data_dir_with_another_md5_is_refused_and_kept(tmp_path, archive, monkeypatch):
+    _no_network(monkeypatch)
+    data_dir = _data_dir_with_notes(tmp_path)
+    local = data_dir / "cifar-10-python.tar.gz"
+    shutil.copy(archive[0], local)
+    before = tree(data_dir)
+    wrong = "0" * 32
+    with pytest.raises(DataError) as info:
+        DataReader.ensure_cifar10(str(data_dir), True, md5=wrong, log=lambda line: None)
+    msg = str(info.value)
+    assert str(local) in msg and archive[1] in msg and wrong in msg
+    assert "delete it" in msg and "replace it" in msg
+    assert tree(data_dir) == before
+
+
+# ------------------------------------------------------------------ --data_dir that is a file
+
+def test_data_dir_that_is_a_file_is_refused_and_kept(tmp_path):
+    path = tmp_path / "data"
+    path.write_text("mine")
+    for call in (lambda: DataReader.ensure_cifar10(str(path), True, "http://127.0.0.1:9/x.tar.gz"),
+                 lambda: DataReader.download_cifar10(str(path), "http://127.0.0.1:9/x.tar.gz"),
+                 lambda: DataReader.load_data(str(path))):
+        with pytest.raises(DataError) as info:
+            call()
+        assert str(info.value).startswith(f"--data_dir {path} is a file, not a folder;")
+    assert os.listdir(tmp_path) == ["data"] and path.read_text() == "mine"
+
+
 # ------------------------------------------------------------------ the command line
 
 def _train_args(data_dir, modeldir, url):
@@ -231,8 +422,7 @@ def test_cli_downloads_then_trains(tmp_path, server, monkeypatch, capsys):
     real_download = DataReader.download_cifar10
     calls = []
 
-    # main._ensure_data passes no md5, so the official one (bound as the default) is checked;
-    # our look-alike archive needs its own, given here the same way.
+    # The CLI asks for the official MD5 (checked below); our look-alike archive needs its own.
     def download_with_test_md5(data_dir, url, *args, **kwargs):
         calls.append((data_dir, url, args, kwargs))
         return real_download(data_dir, url, md5, progress=False)
@@ -242,7 +432,7 @@ def test_cli_downloads_then_trains(tmp_path, server, monkeypatch, capsys):
     rc = cli.main(_train_args(data_dir, modeldir, url))
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert calls == [(str(data_dir), url, (), {})]
+    assert calls == [(str(data_dir), url, (PUBLISHED_MD5,), {})]
     assert url in captured.err  # it says what it fetches
     assert DataReader.has_cifar10(str(data_dir))
     assert os.path.isfile(modeldir / "model-1.ckpt")
@@ -308,3 +498,32 @@ def test_cli_no_download_with_empty_data_dir_exits_with_one_clear_sentence(tmp_p
     assert line.rstrip().endswith(".") and line.count(". ") == 0  # one sentence
     assert os.listdir(data_dir) == []
     assert not os.path.exists(tmp_path / "model")
+
+
+def test_cli_data_dir_that_is_a_file_exits_with_one_line(tmp_path, capsys):
+    path = tmp_path / "data"
+    path.write_text("mine")
+    url = f"http://127.0.0.1:{closed_port()}/x.tar.gz"
+    rc = cli.main(_train_args(path, tmp_path / "model", url))
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.strip().splitlines() == [f"error: --data_dir {path} is a file, not a folder; pass "
+                                        f"the folder that holds (or is to hold) cifar-10-batches-py."]
+    assert path.read_text() == "mine"
+
+
+def test_cli_no_download_with_a_local_archive_of_another_md5_exits_with_one_line(tmp_path,
+                                                                                   archive, capsys):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    local = data_dir / "cifar-10-python.tar.gz"
+    shutil.copy(archive[0], local)
+    rc = cli.main(_train_args(data_dir, tmp_path / "model", f"http://127.0.0.1:{closed_port()}/x")
+                  + ["--no_download"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {local} has MD5 {archive[1]}, not {PUBLISHED_MD5}")
+    assert lines[0].count(". ") == 0 and lines[0].endswith(".")  # one sentence
+    assert os.listdir(data_dir) == ["cifar-10-python.tar.gz"]
+    assert local.read_bytes() == archive[0].read_bytes()
