@@ -78,7 +78,8 @@ def _read_batch(path: str, num_classes: int):
         raise DataError(f"{path} is a folder, not a batch file; replace it with {name} from the "
                         f"CIFAR-10 python version.") from None
     except OSError as e:
-        raise DataError(f"{path} cannot be read ({e.strerror}); check its permissions.") from None
+        raise DataError(f"{path} cannot be read ({e.strerror}); replace it with a readable copy "
+                        f"of {name}.") from None
     try:
         batch = safe_unpickle(raw)
     except pickle.UnpicklingError as e:
@@ -237,6 +238,9 @@ def load_testing_images(path: str) -> np.ndarray:
     except IsADirectoryError:
         raise DataError(f"{path} is a folder, not an .npy file; pass --private_data with the path "
                         f"of your .npy file.") from None
+    except NotADirectoryError:
+        raise DataError(f"private data file {path} cannot exist: a folder on its path is a file; "
+                        f"pass --private_data (or --data_dir) with the right path.") from None
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror}); check its path and "
                         f"permissions.") from None

@@ -337,8 +337,10 @@ class MyModel:
             except CheckpointError as e:
                 self.log(f"skipping {e}")
         if candidates or os.path.lexists(interrupted):  # starting anew would overwrite them
-            raise CheckpointError(f"no checkpoint in {self.config.modeldir} is loadable, so there "
-                                  f"is nothing to resume from; move them away to start anew.")
+            names = checkpoints.run_files(self.config.modeldir)
+            raise CheckpointError(f"no checkpoint in {self.config.modeldir} is loadable "
+                                  f"({', '.join(names)}), so there is nothing to resume from; "
+                                  f"move them away to start anew.")
         return None, None
 
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):

@@ -239,6 +239,19 @@ def read_checkpoint(path: str, for_resume: bool = False) -> dict:
     return ckpt
 
 
+def _shown(value) -> str:
+    """A value from a file, for a one-line message: short ones as they are, others by type."""
+    text = repr(value)
+    return text if len(text) <= 40 and "\n" not in text else f"a {type(value).__name__}"
+
+
+def _is_plain(value) -> bool:
+    """What Config.to_dict() writes: None, bool, int, float, str, or a list of those."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) and not isinstance(v, (list, tuple)) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -258,19 +271,22 @@ def _structure_problem(ckpt, for_resume: bool):
     if missing:
         return f"'{missing[0]}' is missing"
     if not _is_int(ckpt["epoch"]) or ckpt["epoch"] < 0:
-        return f"'epoch' must be a whole number, not {ckpt['epoch']!r}"
+        return f"'epoch' must be a whole number, not {_shown(ckpt['epoch'])}"
     if not isinstance(ckpt["config"], dict):
         return f"'config' must be a dict, not a {type(ckpt['config']).__name__}"
+    for key, value in ckpt["config"].items():
+        if not (isinstance(key, str) and _is_plain(value)):
+            return f"the config entry {_shown(key)} holds {_shown(value)}, not a plain value"
     model = ckpt["model"]
     if not isinstance(model, dict) or not model:
         return "'model' must be a non-empty state dict"
     for name, value in model.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            return f"'model' entry {name!r} is not a named tensor"
+            return f"'model' entry {_shown(name)} is not a named tensor"
     if not for_resume:
         return None
     if not _is_int(ckpt["step"]) or ckpt["step"] < 0:
-        return f"'step' must be a whole number, not {ckpt['step']!r}"
+        return f"'step' must be a whole number, not {_shown(ckpt['step'])}"
     return (_optimizer_problem(ckpt["optimizer"]) or _scaler_problem(ckpt["scaler"])
             or rng_problem(ckpt["rng"]) or _metrics_problem(ckpt["metrics"], ckpt["epoch"])
             or _partial_problem(ckpt.get("partial")))
@@ -288,11 +304,11 @@ def _optimizer_problem(opt):
             return "an 'optimizer' parameter group is malformed"
         for key in ("lr", "momentum", "weight_decay"):
             if key in group and not _is_number(group[key]):
-                return f"the optimizer's {key} is {group[key]!r}, not a finite number"
+                return f"the optimizer's {key} is {_shown(group[key])}, not a finite number"
     for index, state in opt["state"].items():
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) or v is None
                                                   for v in state.values()):
-            return f"the optimizer state of parameter {index!r} is malformed"
+            return f"the optimizer state of parameter {_shown(index)} is malformed"
     return None
 
 
@@ -353,7 +369,7 @@ def optimizer_fit_problem(saved: dict, parameters) -> str:
     position = {index: n for n, index in enumerate(ids)}
     for index, state in saved["state"].items():
         if index not in position:
-            return f"its optimizer state names parameter {index!r}, which no group holds"
+            return f"its optimizer state names parameter {_shown(index)}, which no group holds"
         for key, value in state.items():
             if isinstance(value, torch.Tensor) and value.dim() > 0 and \
                     value.shape != shapes[position[index]]:

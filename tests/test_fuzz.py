@@ -15,6 +15,7 @@ cases.
 """
 import collections
 import contextlib
+import copy
 import io
 import os
 import pickle
@@ -24,9 +25,13 @@ import traceback
 
 import numpy as np
 import pytest
+import torch
 
 import DataReader
+from checkpoints import CheckpointError
+from configure import Config
 from DataReader import DataError
+from Model import MyModel
 from cifar_files import make_batch, py2_dumps, write_cifar
 
 CASE_SECONDS = 5  # hang guard per case; a case takes milliseconds
@@ -407,6 +412,133 @@ def test_private_npys_with_flipped_bytes_are_refused_or_sane(tmp_path, which):
 
 
 # --------------------------------------------------------------------------------------------
+# Checkpoints
+
+def _tiny_config(modeldir, **changes):
+    values = dict(resnet_size=1, first_num_filters=4, batch_size=8, max_epoch=1, save_interval=1,
+                  lr_decay_epochs=(), device="cpu", modeldir=str(modeldir), eval_batch_size=64)
+    values.update(changes)
+    return Config(**values)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory):
+    """(bytes of model-1.ckpt from a real 1-epoch run, its training data)."""
+    modeldir = tmp_path_factory.mktemp("fuzz_ckpt") / "m"
+    x, y = make_batch(16, np.random.default_rng(0))
+    MyModel(_tiny_config(modeldir), log=lambda *a: None).train(x, y)
+    with open(modeldir / "model-1.ckpt", "rb") as f:
+        return f.read(), x, y
+
+
+class CheckpointFuzz:
+    """Writes each mutated checkpoint as model-1.ckpt and loads it as test/predict do
+    (``MyModel.load``) and as ``--resume 1`` and a plain ``--resume`` do (``MyModel.train``; the
+    run asks for no more epochs than the file holds, so nothing is trained)."""
+
+    def __init__(self, tmp_path, trained):
+        self.blob, self.x, self.y = trained
+        self.modeldir = tmp_path / "m"
+        self.modeldir.mkdir()
+        self.path = self.modeldir / "model-1.ckpt"
+        self.marker = tmp_path / "CODE_RAN"
+        self.outcomes = collections.Counter()
+
+    def run(self, label, blob):
+        self.path.write_bytes(blob)
+        for how in ("load", 1, "latest"):
+            model = MyModel(_tiny_config(self.modeldir), log=lambda *a: None)
+            call = (lambda: model.load(1)) if how == "load" else \
+                (lambda: model.train(self.x, self.y, resume=how))
+            # A plain --resume names the folder and the files in it that it could not use.
+            named = names_file(self.path) if how != "latest" else self.names_folder_and_file
+            outcome = check_outcome(call, CheckpointError, self.sane(model),
+                                    f"checkpoint {label}, {how}", named)
+            assert not self.marker.exists(), f"{label}: code from the checkpoint ran"
+            self.outcomes[outcome] += 1
+        return outcome
+
+    def names_folder_and_file(self, e):
+        names_file(self.modeldir)(e)
+        names_file(self.path.name)(e)
+
+    @staticmethod
+    def sane(model):
+        def check(result):
+            for name, tensor in model.network.state_dict().items():
+                if tensor.is_floating_point():
+                    assert torch.isfinite(tensor).all(), f"{name} is not finite"
+            assert model.epoch in (0, 1)
+        return check
+
+
+def checkpoint_key_variants(blob):
+    """(label, bytes): the checkpoint dict with entries dropped, swapped or retyped, at the top
+    and one level down."""
+    good = torch.load(io.BytesIO(blob), weights_only=True)
+    strange = [None, 0, -1, 2.5, float("nan"), "x", [], {}, torch.zeros(3), [1, 2]]
+    rng = random.Random(7)
+
+    def saved(obj) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    for key in good:
+        ckpt = copy.deepcopy(good)
+        del ckpt[key]
+        yield f"without {key}", saved(ckpt)
+        for value in rng.sample(strange, 3):
+            ckpt = copy.deepcopy(good)
+            ckpt[key] = value
+            yield f"{key} = {value!r}", saved(ckpt)
+        other = rng.choice([k for k in good if k != key])
+        ckpt = copy.deepcopy(good)
+        ckpt[key], ckpt[other] = ckpt[other], ckpt[key]
+        yield f"{key} swapped with {other}", saved(ckpt)
+        if isinstance(good[key], dict):
+            for inner in list(good[key])[:6]:
+                ckpt = copy.deepcopy(good)
+                del ckpt[key][inner]
+                yield f"without {key}[{inner!r}]", saved(ckpt)
+                ckpt = copy.deepcopy(good)
+                ckpt[key][inner] = rng.choice(strange)
+                yield f"{key}[{inner!r}] = {ckpt[key][inner]!r}", saved(ckpt)
+    yield "a list, not a dict", saved(list(good.values()))
+
+
+def test_truncated_checkpoints_are_refused(tmp_path, trained_checkpoint):
+    fuzz = CheckpointFuzz(tmp_path, trained_checkpoint)
+    for label, blob in truncations(fuzz.blob, 40):
+        assert fuzz.run(label, blob) == "refused", label
+
+
+def test_checkpoints_with_flipped_bytes_are_refused_or_sane(tmp_path, trained_checkpoint):
+    fuzz = CheckpointFuzz(tmp_path, trained_checkpoint)
+    for label, blob in byte_flips(fuzz.blob, 60, seed=20):
+        fuzz.run(label, blob)
+    assert fuzz.outcomes["refused"] > 0, fuzz.outcomes
+
+
+def test_checkpoints_with_wrong_entries_are_refused_or_sane(tmp_path, trained_checkpoint):
+    fuzz = CheckpointFuzz(tmp_path, trained_checkpoint)
+    for label, blob in checkpoint_key_variants(fuzz.blob):
+        fuzz.run(label, blob)
+    assert fuzz.outcomes["refused"] > 0 and fuzz.outcomes["loaded"] > 0, fuzz.outcomes
+
+
+def test_checkpoints_that_would_run_code_are_refused_and_run_nothing(tmp_path, trained_checkpoint):
+    fuzz = CheckpointFuzz(tmp_path, trained_checkpoint)
+    good = torch.load(io.BytesIO(fuzz.blob), weights_only=True)
+    for label, payload in hostile_objects(fuzz.marker):
+        for where in ("epoch", "config"):
+            ckpt = dict(good, **{where: payload})
+            buffer = io.BytesIO()
+            torch.save(ckpt, buffer)
+            assert fuzz.run(f"{label} as {where}", buffer.getvalue()) == "refused"
+
+
+# --------------------------------------------------------------------------------------------
 # The long run (RUN_FUZZ=1)
 
 @pytest.mark.fuzz_more
@@ -419,6 +551,17 @@ def test_more_batch_mutations(tmp_path, style):
         for label, blob in _flip_cases(fuzz.blob, 500, seed):
             fuzz.run(label, blob)
     assert fuzz.outcomes["refused"] > 0 and fuzz.outcomes["loaded"] > 0, fuzz.outcomes
+
+
+@pytest.mark.fuzz_more
+def test_more_checkpoint_mutations(tmp_path, trained_checkpoint):
+    fuzz = CheckpointFuzz(tmp_path, trained_checkpoint)
+    for label, blob in truncations(fuzz.blob, 400):
+        assert fuzz.run(label, blob) == "refused", label
+    for seed in range(200, 210):
+        for label, blob in byte_flips(fuzz.blob, 100, seed):
+            fuzz.run(label, blob)
+    assert fuzz.outcomes["refused"] > 0, fuzz.outcomes
 
 
 @pytest.mark.fuzz_more
