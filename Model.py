@@ -261,9 +261,7 @@ class MyModel:
             raise CheckpointError(f"--modeldir {modeldir} does not exist, so it holds no checkpoint "
                                   f"{epoch}; check --modeldir.")
         path = checkpoint_path(modeldir, epoch)
-        if os.path.lexists(path) and not os.path.isfile(path):
-            kind = "a folder" if os.path.isdir(path) else "a broken or looping link"
-            raise CheckpointError(f"{path} is {kind}, not a checkpoint file; move it away.")
+        checkpoints.refuse_non_file(path)
         if not os.path.isfile(path):
             found = list_checkpoints(modeldir)
             have = (f"checkpoints there: {', '.join(map(str, found))}" if found

@@ -217,15 +217,20 @@ def _torch_reason(e: Exception) -> str:
     return telling[0].rstrip(".") if telling else type(e).__name__
 
 
+def refuse_non_file(path: str) -> None:
+    """CheckpointError if something other than a file (a folder, a looping link) sits at path."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        kind = "a folder" if os.path.isdir(path) else "a broken or looping link"
+        raise CheckpointError(f"{path} is {kind}, not a checkpoint file; move it away.")
+
+
 def read_checkpoint(path: str, for_resume: bool = False) -> dict:
     """Read a checkpoint with ``weights_only=True`` and check its structure.
 
     ``for_resume`` also requires the optimizer, scaler, random states and metrics. Raises
     CheckpointError naming the file and what is wrong.
     """
-    if os.path.lexists(path) and not os.path.isfile(path):
-        kind = "a folder" if os.path.isdir(path) else "a broken or looping link"
-        raise CheckpointError(f"{path} is {kind}, not a checkpoint file; move it away.")
+    refuse_non_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

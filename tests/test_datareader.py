@@ -12,7 +12,7 @@ import DataReader
 import safe_pickle
 from DataReader import (DataError, fingerprint, load_data, load_testing_images, train_valid_split,
                         train_vaild_split)
-from cifar_files import TRAIN, make_batch, py2_dumps, write_cifar
+from cifar_files import TRAIN, Calls, make_batch, py2_dumps, write_cifar
 
 STYLES = ["py2", "p2", "p3", "p4", "p5"]
 
@@ -188,19 +188,11 @@ def test_labels_as_numpy_array_are_accepted(tmp_path):
 
 # ------------------------------------------------------------------ hostile pickles
 
-class _Hostile:
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
 def _hostile_payloads(marker):
     return {
-        "os.system": _Hostile(os.system, f"touch {marker}"),
-        "builtins.open": _Hostile(open, str(marker), "w"),
-        "numpy.save": _Hostile(np.save, str(marker), np.zeros(1)),
+        "os.system": Calls(os.system, f"touch {marker}"),
+        "builtins.open": Calls(open, str(marker), "w"),
+        "numpy.save": Calls(np.save, str(marker), np.zeros(1)),
     }
 
 
@@ -224,7 +216,7 @@ def test_hostile_pickle_is_refused_and_never_runs(tmp_path, which, protocol):
 
 def test_hostile_pickle_alone_is_refused_by_safe_unpickle(tmp_path):
     marker = tmp_path / "marker"
-    blob = pickle.dumps(_Hostile(open, str(marker), "w"), protocol=2)
+    blob = pickle.dumps(Calls(open, str(marker), "w"), protocol=2)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         DataReader.safe_unpickle(blob)
     assert not marker.exists()
@@ -685,7 +677,7 @@ def test_private_images_wrong_shapes_are_refused(tmp_path, shape):
 def test_private_images_object_array_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "PWNED"
     array = np.empty(2, dtype=object)
-    array[0] = _Hostile(open, str(marker), "w")
+    array[0] = Calls(open, str(marker), "w")
     array[1] = 3
     path = tmp_path / "objects.npy"
     np.save(path, array, allow_pickle=True)

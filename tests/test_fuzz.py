@@ -32,7 +32,7 @@ from checkpoints import CheckpointError
 from configure import Config
 from DataReader import DataError
 from Model import MyModel
-from cifar_files import make_batch, py2_dumps, write_cifar
+from cifar_files import Calls, make_batch, py2_dumps, write_cifar
 
 CASE_SECONDS = 5  # hang guard per case; a case takes milliseconds
 TARGET = "data_batch_3"  # the batch file that is mutated; the others stay good
@@ -116,26 +116,16 @@ def names_file(path):
 # --------------------------------------------------------------------------------------------
 # Hostile payloads: each would create the marker file if it ran
 
-class _Calls:
-    """Pickles as a call of func(*args)."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
 def hostile_objects(marker):
     """(label, object) pairs whose unpickling, unrestricted, writes marker."""
     write = f"open({str(marker)!r}, 'w').close()"
     return [
-        ("os.system", _Calls(os.system, f"touch {marker}")),
-        ("builtins.exec", _Calls(exec, write)),
-        ("builtins.eval", _Calls(eval, write)),
-        ("builtins.open", _Calls(open, str(marker), "w")),
-        ("numpy.save", _Calls(np.save, str(marker), np.zeros(1))),
-        ("pickle.loads", _Calls(pickle.loads, pickle.dumps(_Calls(open, str(marker), "w")))),
+        ("os.system", Calls(os.system, f"touch {marker}")),
+        ("builtins.exec", Calls(exec, write)),
+        ("builtins.eval", Calls(eval, write)),
+        ("builtins.open", Calls(open, str(marker), "w")),
+        ("numpy.save", Calls(np.save, str(marker), np.zeros(1))),
+        ("pickle.loads", Calls(pickle.loads, pickle.dumps(Calls(open, str(marker), "w")))),
     ]
 
 
@@ -375,11 +365,11 @@ def npy_variants(marker):
     yield "header length past the end", b"\x93NUMPY\x01\x00\xff\xff{'descr'", False
     yield "header too long", npy_bytes("{" + " " * 20000 + "}", payload), False
     objects = np.empty(2, dtype=object)
-    objects[0] = _Calls(open, str(marker), "w")
+    objects[0] = Calls(open, str(marker), "w")
     buf = io.BytesIO()
     np.save(buf, objects, allow_pickle=True)
     yield "object array that would run code", buf.getvalue(), False
-    yield "a pickle that would run code", pickle.dumps(_Calls(os.system, f"touch {marker}")), False
+    yield "a pickle that would run code", pickle.dumps(Calls(os.system, f"touch {marker}")), False
     buf = io.BytesIO()
     np.savez(buf, images=rows)
     yield "an .npz", buf.getvalue(), False
