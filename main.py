@@ -114,6 +114,11 @@ def _ensure_data(config: Config) -> None:
     DataReader.ensure_cifar10(config.data_dir, config.download, config.download_url)
 
 
+def _load(config: Config):
+    """The data set of config: (x_train, y_train, x_test, y_test), rows of 3072 uint8 values."""
+    return DataReader.load_data(config.data_dir, config.num_classes)
+
+
 def _check_modeldir(config: Config, args) -> None:
     """What can be refused about --modeldir before any data is read."""
     modeldir = config.modeldir
@@ -143,7 +148,7 @@ def run_train(config: Config, args) -> int:
             held.enter_context(checkpoints.RunLock(config.modeldir))
         _check_modeldir(config, args)
         _ensure_data(config)
-        x_train, y_train, _, _ = DataReader.load_data(config.data_dir, config.num_classes)
+        x_train, y_train, _, _ = _load(config)
         x_valid = y_valid = None
         if not config.train_all:
             x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
@@ -207,7 +212,7 @@ def run_test(config: Config, args) -> int:
     model = Model.MyModel(config)
     for number in numbers:  # check every number before reading data or evaluating any
         model.checkpoint_file(number)
-    x_train, y_train, x_test, y_test = DataReader.load_data(config.data_dir, config.num_classes)
+    x_train, y_train, x_test, y_test = _load(config)
     if args.eval_set == "valid":
         x_test, y_test = _validation_split(model, numbers, x_train, y_train)
     model.test_or_validate(x_test, y_test, numbers, args.eval_set or "test")
