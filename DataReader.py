@@ -1,4 +1,4 @@
-"""Reading CIFAR-10 and private image sets from disk, safely.
+"""Reading CIFAR-10, CIFAR-100 and private image sets from disk, safely.
 
 Images travel as rows of 3072 uint8 values in the official layout: the red plane, then green, then
 blue, each 32x32 row-major; ``row.reshape(3, 32, 32)`` gives (C, H, W).
@@ -23,10 +23,11 @@ import tokenize
 import urllib.error
 import urllib.request
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
-from configure import CIFAR10_MD5, CIFAR10_URL
+from configure import CIFAR100_MD5, CIFAR100_URL, CIFAR10_MD5, CIFAR10_URL, CLASS_COUNTS
 from safe_pickle import safe_unpickle
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
@@ -50,64 +51,122 @@ def _reason(e: BaseException, limit: int = 160) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# CIFAR-10 batches
+# CIFAR-10 and CIFAR-100 files
 
-def _batch_folder(data_dir: str) -> str:
-    """The folder holding data_batch_1..5 and test_batch: data_dir itself or data_dir/FOLDER."""
-    for candidate in (os.path.join(data_dir, FOLDER), data_dir):
-        if os.path.isfile(os.path.join(candidate, TEST_BATCH)) or \
-                os.path.isfile(os.path.join(candidate, TRAIN_BATCHES[0])):
+@dataclass(frozen=True)
+class DataSet:
+    """Where the official python version of a data set keeps what, and what its entries are called.
+
+    CIFAR-10: five training batches of 10,000 images and a test batch of 10,000, labels in
+    'labels'; CIFAR-100: one training file of 50,000 and a test file of 10,000, each with
+    'fine_labels' (100 classes) and 'coarse_labels' (20 superclasses). Class names are in the meta
+    file, a list of byte strings per label mode.
+    """
+    name: str          # as people write it, for messages
+    folder: str        # what the archive unpacks to
+    archive: str       # the archive's file name
+    train: tuple       # training files, concatenated in this order
+    test: str          # the test file
+    meta: str          # the file of class names
+    contents: str      # the files load_data needs, for messages
+    labels: dict       # label_mode -> the entry of the labels in train and test
+    names: dict        # label_mode -> the entry of the class names in meta
+    url: str
+    md5: str
+
+
+CIFAR10 = DataSet("CIFAR-10", FOLDER, ARCHIVE, tuple(TRAIN_BATCHES), TEST_BATCH, "batches.meta",
+                  "data_batch_1..5 and test_batch", {"fine": "labels"}, {"fine": "label_names"},
+                  CIFAR10_URL, CIFAR10_MD5)
+CIFAR100 = DataSet("CIFAR-100", "cifar-100-python", "cifar-100-python.tar.gz", ("train",), "test",
+                   "meta", "train and test", {"fine": "fine_labels", "coarse": "coarse_labels"},
+                   {"fine": "fine_label_names", "coarse": "coarse_label_names"},
+                   CIFAR100_URL, CIFAR100_MD5)
+DATASETS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+
+
+def _data_set(dataset: str, label_mode: str = "fine") -> DataSet:
+    """The DataSet of a --dataset value; ValueError (a caller's bug: the config refuses both
+    before any data is read) for an unknown one, or a label_mode it does not have."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    ds = DATASETS[dataset]
+    if label_mode not in ds.labels:
+        raise ValueError(f"{ds.name} has no {label_mode!r} labels; expected one of "
+                         f"{', '.join(ds.labels)}")
+    return ds
+
+
+def _batch_folder(data_dir: str, ds: DataSet = CIFAR10) -> str:
+    """The folder holding the data set's files: data_dir/<ds.folder> or data_dir itself."""
+    for candidate in (os.path.join(data_dir, ds.folder), data_dir):
+        if os.path.isfile(os.path.join(candidate, ds.test)) or \
+                os.path.isfile(os.path.join(candidate, ds.train[0])):
             return candidate
     return None
 
 
+def has_dataset(data_dir: str, dataset: str = "cifar10") -> bool:
+    return _batch_folder(data_dir, _data_set(dataset)) is not None
+
+
 def has_cifar10(data_dir: str) -> bool:
-    return _batch_folder(data_dir) is not None
+    return has_dataset(data_dir, "cifar10")
 
 
-def _read_batch(path: str, num_classes: int):
-    """One batch file -> (x (n, 3072) uint8, y (n,) int64)."""
-    name = os.path.basename(path)
+def _unpickle_file(path: str, ds: DataSet, what: str, replace_with: str) -> dict:
+    """Read and safely unpickle one file of the data set -> its entries, keys as str.
+
+    Anything but a readable dict of distinct keys raises a DataError naming path; what is the kind
+    of file ("batch", "meta file"), replace_with says what to put there instead.
+    """
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise DataError(f"{path} is missing; put all of data_batch_1..5 and test_batch from the "
-                        f"CIFAR-10 python version in {os.path.dirname(path)}.") from None
+        raise DataError(f"{path} is missing; put {ds.contents} from the {ds.name} python version "
+                        f"in {os.path.dirname(path)}.") from None
     except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not a batch file; replace it with {name} from the "
-                        f"CIFAR-10 python version.") from None
+        raise DataError(f"{path} is a folder, not a {what}; replace it with {replace_with}."
+                        ) from None
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror}); replace it with a readable copy "
-                        f"of {name}.") from None
+                        f"of {os.path.basename(path)}.") from None
     try:
-        batch = safe_unpickle(raw)
+        obj = safe_unpickle(raw)
     except pickle.UnpicklingError as e:
         if "refusing" in str(e):
-            raise DataError(f"{path} is not a CIFAR-10 batch and was not loaded ({_reason(e)}); "
+            raise DataError(f"{path} is not a {ds.name} {what} and was not loaded ({_reason(e)}); "
                             f"replace it with the official file.") from None
-        raise DataError(f"{path} is corrupt or truncated ({_reason(e)}); download CIFAR-10 "
+        raise DataError(f"{path} is corrupt or truncated ({_reason(e)}); download {ds.name} "
                         f"again.") from None
     # Each of these is some corruption: a stack popped empty (IndexError), an unknown opcode
     # (KeyError), a length past a C integer (OverflowError), ...
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
             UnicodeDecodeError, struct.error, OverflowError, RecursionError) as e:
-        raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}); download CIFAR-10 "
+        raise DataError(f"{path} is corrupt or truncated ({type(e).__name__}); download {ds.name} "
                         f"again.") from None
-    if not isinstance(batch, dict):
-        raise DataError(f"{path} does not hold a CIFAR-10 batch dict; replace it with the official "
-                        f"file.")
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} does not hold the dict of a {ds.name} {what}; replace it with the "
+                        f"official file.")
     entries = {}
-    for key, value in batch.items():
+    for key, value in obj.items():
         text = key.decode("latin1") if isinstance(key, bytes) else key
         if text in entries:
             raise DataError(f"{path} holds the entry {text!r} twice (as bytes and as str); replace "
                             f"it with the official file.")
         entries[text] = value
-    if "data" not in entries or "labels" not in entries:
-        raise DataError(f"{path} lacks the 'data' or 'labels' entry of a CIFAR-10 batch; replace it "
-                        f"with the official file.")
-    x, labels = entries["data"], entries["labels"]
+    return entries
+
+
+def _read_batch(path: str, num_classes: int, ds: DataSet = CIFAR10, label_key: str = "labels"):
+    """One batch file -> (x (n, 3072) uint8, y (n,) int64), the labels taken from label_key."""
+    name = os.path.basename(path)
+    entries = _unpickle_file(path, ds, "batch file", f"{name} from the {ds.name} python version")
+    if "data" not in entries or label_key not in entries:
+        raise DataError(f"{path} lacks the 'data' or '{label_key}' entry of a {ds.name} batch; "
+                        f"replace it with the official file.")
+    x, labels = entries["data"], entries[label_key]
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != ROW:
         what = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (n, 3072), found {what}; "
@@ -119,43 +178,79 @@ def _read_batch(path: str, num_classes: int):
     except (ValueError, TypeError, OverflowError, RecursionError):
         y = np.asarray([], dtype=object)
     if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
-        raise DataError(f"{path}: 'labels' must be {x.shape[0]} integers, one per image; replace "
-                        f"{name} with the official file.")
+        raise DataError(f"{path}: '{label_key}' must be {x.shape[0]} integers, one per image; "
+                        f"replace {name} with the official file.")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise DataError(f"{path}: labels must lie in [0, {num_classes}), found {y.min()}..{y.max()}; "
                         f"check the file or --num_classes.")
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
-def _refuse_file_as_data_dir(data_dir: str) -> None:
+def _refuse_file_as_data_dir(data_dir: str, ds: DataSet = CIFAR10) -> None:
     if os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise DataError(f"--data_dir {data_dir} is a file, not a folder; pass the folder that "
-                        f"holds (or is to hold) {FOLDER}.")
+                        f"holds (or is to hold) {ds.folder}.")
 
 
-def load_data(data_dir: str, num_classes: int = 10):
-    """Read the CIFAR-10 python batches under ``data_dir``.
+def load_data(data_dir: str, num_classes: int = 10, dataset: str = "cifar10",
+              label_mode: str = "fine"):
+    """Read the python version of CIFAR-10 or CIFAR-100 under ``data_dir``.
 
+    dataset: "cifar10" (data_batch_1..5, test_batch) or "cifar100" (train, test); label_mode:
+    "fine" (CIFAR-10's 10 classes, CIFAR-100's 100) or "coarse" (CIFAR-100's 20 superclasses).
     Returns x_train (N, 3072) uint8, y_train (N,) int64, x_test (M, 3072) uint8, y_test (M,) int64;
-    N = 50,000 and M = 10,000 for the official files, fewer for a small copy.
+    N = 50,000 and M = 10,000 for the official files, fewer for a small copy. Labels outside
+    [0, num_classes) are refused.
     """
-    _refuse_file_as_data_dir(data_dir)
+    ds = _data_set(dataset, label_mode)
+    _refuse_file_as_data_dir(data_dir, ds)
     if not os.path.isdir(data_dir):
-        raise DataError(f"data folder {data_dir} does not exist; create it with CIFAR-10 in it, or "
-                        f"pass --data_dir.")
-    folder = _batch_folder(data_dir)
-    misplaced = os.path.join(data_dir, FOLDER)
+        raise DataError(f"data folder {data_dir} does not exist; create it with {ds.name} in it, "
+                        f"or pass --data_dir.")
+    folder = _batch_folder(data_dir, ds)
+    misplaced = os.path.join(data_dir, ds.folder)
     if folder is None and os.path.exists(misplaced) and not os.path.isdir(misplaced):
-        raise DataError(f"{misplaced} is a file, not the folder of CIFAR-10 batches; move it away "
-                        f"and put {FOLDER}/ from cifar-10-python.tar.gz there.")
+        raise DataError(f"{misplaced} is a file, not the folder of {ds.name} batches; move it away "
+                        f"and put {ds.folder}/ from {ds.archive} there.")
     if folder is None:
-        raise DataError(f"{data_dir} holds no CIFAR-10 batches; put the contents of "
-                        f"cifar-10-python.tar.gz ({FOLDER}/data_batch_1..5, test_batch) there.")
-    train = [_read_batch(os.path.join(folder, name), num_classes) for name in TRAIN_BATCHES]
-    x_test, y_test = _read_batch(os.path.join(folder, TEST_BATCH), num_classes)
+        raise DataError(f"{data_dir} holds no {ds.name} batches; put the contents of {ds.archive} "
+                        f"({ds.folder}/ with {ds.contents}) there.")
+    key = ds.labels[label_mode]
+    train = [_read_batch(os.path.join(folder, name), num_classes, ds, key) for name in ds.train]
+    x_test, y_test = _read_batch(os.path.join(folder, ds.test), num_classes, ds, key)
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     return x_train, y_train, x_test, y_test
+
+
+def class_names(data_dir: str, dataset: str = "cifar10", label_mode: str = "fine"):
+    """The class names of the data set under data_dir, from its meta file (CIFAR-10's
+    batches.meta, CIFAR-100's meta): a list of str, index = label. None when there is no meta
+    file (callers then show class numbers); a meta file that is there but unusable is a DataError
+    naming it."""
+    ds = _data_set(dataset, label_mode)
+    folder = _batch_folder(data_dir, ds)
+    if folder is None:
+        return None
+    path = os.path.join(folder, ds.meta)
+    if not os.path.lexists(path):
+        return None
+    entries = _unpickle_file(path, ds, "meta file", f"{ds.meta} from the {ds.name} python "
+                                                    f"version, or delete it to show class numbers")
+    key = ds.names[label_mode]
+    names = entries.get(key)
+    count = CLASS_COUNTS[(dataset, label_mode)]
+    if not isinstance(names, list) or len(names) != count:
+        what = f"{len(names)} names" if isinstance(names, list) else \
+            ("no such entry" if names is None else f"a {type(names).__name__}")
+        raise DataError(f"{path}: '{key}' must list the {count} class names, found {what}; replace "
+                        f"it with the official file or delete it.")
+    texts = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text or not text.isprintable():
+            raise DataError(f"{path}: class name {i} of '{key}' is {ascii(text)}, not a line of "
+                            f"text; replace it with the official file or delete it.")
+    return texts
 
 
 def train_valid_split(x_train, y_train, split_index: int = 45000):
@@ -302,8 +397,8 @@ def _check_members(archive: str, target: str, members) -> None:
 def _unpack_error(source: str, target: str, e: OSError) -> DataError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return DataError(f"the disk holding {target} ran out of space while unpacking {source}; "
-                         f"nothing was unpacked, free some space (CIFAR-10 needs about 180 MB) and "
-                         f"try again.")
+                         f"nothing was unpacked, free some space (CIFAR-10 and CIFAR-100 each need "
+                         f"about 180 MB) and try again.")
     return DataError(f"could not unpack {source} into {target} ({e.strerror or e}); nothing was "
                      f"unpacked, check that {target} is a folder you can write to.")
 
@@ -348,7 +443,7 @@ def _safe_extract(archive: str, target: str, source: str = None) -> None:
             members = tar.getmembers()
             _check_members(source, target, members)
             try:
-                staging = tempfile.mkdtemp(prefix=".cifar-10-unpacking.", dir=target)
+                staging = tempfile.mkdtemp(prefix=".cifar-unpacking.", dir=target)
             except OSError as e:
                 raise _unpack_error(source, target, e) from None
             try:
@@ -383,45 +478,66 @@ def _md5_of_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def ensure_cifar10(data_dir: str, download: bool = True, url: str = CIFAR10_URL,
-                   md5: str = CIFAR10_MD5, log=_to_stderr) -> None:
-    """Make sure data_dir holds the CIFAR-10 batches.
+def ensure_dataset(data_dir: str, dataset: str = "cifar10", download: bool = True, url: str = None,
+                   md5: str = None, log=_to_stderr) -> None:
+    """Make sure data_dir holds the files of dataset ("cifar10" or "cifar100").
 
-    Nothing happens if it does. Otherwise ``data_dir/cifar-10-python.tar.gz``, if there, is
-    unpacked once its MD5 matches (no network needed; a mismatch is refused and the file kept);
-    otherwise the archive is downloaded from url when download is on. ``log`` gets one line
-    saying which of these happens.
+    Nothing happens if it does. Otherwise the official archive (``cifar-10-python.tar.gz``,
+    ``cifar-100-python.tar.gz``) in data_dir, if there, is unpacked once its MD5 matches (no
+    network needed; a mismatch is refused and the file kept); otherwise the archive is downloaded
+    from url when download is on. url and md5 default to the official ones of dataset; an md5 of
+    "" checks none. ``log`` gets one line saying which of these happens.
     """
-    _refuse_file_as_data_dir(data_dir)
-    if has_cifar10(data_dir):
+    ds = _data_set(dataset)
+    url = ds.url if url is None else url
+    md5 = ds.md5 if md5 is None else md5
+    _refuse_file_as_data_dir(data_dir, ds)
+    if has_dataset(data_dir, dataset):
         return
-    local = os.path.join(data_dir, ARCHIVE)
+    local = os.path.join(data_dir, ds.archive)
     if os.path.isfile(local):
         found = _md5_of_file(local)
         if md5 and found != md5:
             raise DataError(f"{local} has MD5 {found}, not {md5} as the official archive has; "
-                            f"delete it, or replace it with the official {ARCHIVE}.")
-        log(f"CIFAR-10 not found in {data_dir}; unpacking {local}")
+                            f"delete it, or replace it with the official {ds.archive}.")
+        log(f"{ds.name} not found in {data_dir}; unpacking {local}")
         _safe_extract(local, data_dir)
         return
     if not download:
-        raise DataError(f"{data_dir} holds no CIFAR-10; put the contents of {ARCHIVE} "
-                        f"({FOLDER}/) there, or drop --no_download to fetch it.")
-    log(f"CIFAR-10 not found in {data_dir}; downloading {url}")
-    download_cifar10(data_dir, url, md5)
+        raise DataError(f"{data_dir} holds no {ds.name}; put the contents of {ds.archive} "
+                        f"({ds.folder}/) there, or drop --no_download to fetch it.")
+    log(f"{ds.name} not found in {data_dir}; downloading {url}")
+    download_dataset(data_dir, dataset, url, md5)
+
+
+def ensure_cifar10(data_dir: str, download: bool = True, url: str = CIFAR10_URL,
+                   md5: str = CIFAR10_MD5, log=_to_stderr) -> None:
+    """ensure_dataset for CIFAR-10."""
+    ensure_dataset(data_dir, "cifar10", download, url, md5, log)
 
 
 def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
                      progress: bool = None) -> None:
-    """Fetch the CIFAR-10 archive into data_dir, check its MD5 and unpack it there."""
+    """download_dataset for CIFAR-10."""
+    download_dataset(data_dir, "cifar10", url, md5, progress)
+
+
+def download_dataset(data_dir: str, dataset: str = "cifar10", url: str = None, md5: str = None,
+                     progress: bool = None) -> None:
+    """Fetch the archive of dataset into data_dir, check its MD5 and unpack it there; url and md5
+    default to the official ones (an md5 of "" checks none)."""
     from tqdm import tqdm
 
-    _refuse_file_as_data_dir(data_dir)
+    ds = _data_set(dataset)
+    url = ds.url if url is None else url
+    md5 = ds.md5 if md5 is None else md5
+    _refuse_file_as_data_dir(data_dir, ds)
     created = not os.path.isdir(data_dir)
     try:
         try:
             os.makedirs(data_dir, exist_ok=True)
-            fd, part = tempfile.mkstemp(prefix=".cifar-10-python.", suffix=".part", dir=data_dir)
+            fd, part = tempfile.mkstemp(prefix=f".{ds.archive[:-len('.tar.gz')]}.", suffix=".part",
+                                        dir=data_dir)
         except OSError as e:
             raise DataError(f"cannot write to {data_dir} ({e.strerror}); choose a --data_dir you "
                             f"can write to.") from None
@@ -431,7 +547,7 @@ def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_M
                 try:
                     with urllib.request.urlopen(url, timeout=60) as response:
                         total = int(response.headers.get("Content-Length") or 0) or None
-                        with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10",
+                        with tqdm(total=total, unit="B", unit_scale=True, desc=ds.name,
                                   disable=None if progress is None else not progress) as bar:
                             for chunk in iter(lambda: response.read(1 << 20), b""):
                                 out.write(chunk)
@@ -439,14 +555,14 @@ def download_cifar10(data_dir: str, url: str = CIFAR10_URL, md5: str = CIFAR10_M
                                 bar.update(len(chunk))
                 except (urllib.error.URLError, OSError, ValueError) as e:
                     reason = getattr(e, "reason", None) or e
-                    raise DataError(f"could not download CIFAR-10 from {url} ({reason}); download "
-                                    f"{ARCHIVE} yourself and put it in {data_dir}, or unpack it "
-                                    f"there so that {os.path.join(data_dir, FOLDER)} holds "
-                                    f"data_batch_1..5 and test_batch.") from None
+                    raise DataError(f"could not download {ds.name} from {url} ({reason}); download "
+                                    f"{ds.archive} yourself and put it in {data_dir}, or unpack it "
+                                    f"there so that {os.path.join(data_dir, ds.folder)} holds "
+                                    f"{ds.contents}.") from None
             if md5 and digest.hexdigest() != md5:
                 raise DataError(f"the file downloaded from {url} has MD5 {digest.hexdigest()}, not "
                                 f"{md5}, and was discarded; try again, or put the official "
-                                f"{ARCHIVE} in {data_dir} yourself.")
+                                f"{ds.archive} in {data_dir} yourself.")
             _safe_extract(part, data_dir, source=f"the archive from {url}")
         finally:
             if os.path.exists(part):

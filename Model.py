@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 import ImageUtils
 import checkpoints
-from checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
+import records
+from checkpoints import (BEST, INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
                          read_checkpoint)
 from DataReader import fingerprint
 from NetWork import ResNet, depth_of
@@ -117,6 +118,26 @@ def config_differences(saved: dict, current: dict, keys) -> list:
     return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
 
 
+def find_checkpoint(modeldir: str, epoch) -> str:
+    """The path of model-<epoch>.ckpt (model-best.ckpt for "best") in modeldir; CheckpointError
+    if there is no such file."""
+    if not os.path.isdir(modeldir):
+        raise CheckpointError(f"--modeldir {modeldir} does not exist, so it holds no checkpoint "
+                              f"{epoch}; check --modeldir.")
+    path = checkpoint_path(modeldir, epoch)
+    checkpoints.refuse_non_file(path)
+    if epoch == "best" and not os.path.isfile(path):
+        raise CheckpointError(f"no {BEST} in {modeldir}: it is written when a validation "
+                              f"accuracy is the best so far, so a run with --train_all has "
+                              f"none; give checkpoint numbers instead.")
+    if not os.path.isfile(path):
+        found = list_checkpoints(modeldir)
+        have = (f"checkpoints there: {', '.join(map(str, found))}" if found
+                else "it holds no checkpoints")
+        raise CheckpointError(f"no checkpoint {epoch} in {modeldir} ({have}).")
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # Signals
 
@@ -181,7 +202,7 @@ class MyModel:
     probabilities of the network as it is (load a checkpoint first with ``load``).
     """
 
-    def __init__(self, config: Config, log=print):
+    def __init__(self, config: Config, log=tqdm.write):
         self.config = config
         self.log = log
         self.device = select_device(config.device)
@@ -201,6 +222,7 @@ class MyModel:
         self.forward_net = torch.compile(self.network) if config.compile else self.network
         self.history = []
         self.epoch = 0
+        self.epoch_callbacks = []  # each called with an epoch's metrics once it is recorded
 
     def _amp_dtype(self):
         """None (full precision), torch.bfloat16 or torch.float16."""
@@ -254,47 +276,50 @@ class MyModel:
         if problem:
             raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
-    def checkpoint_file(self, epoch: int) -> str:
-        """The path of model-<epoch>.ckpt in modeldir; CheckpointError if there is no such file."""
-        modeldir = self.config.modeldir
-        if not os.path.isdir(modeldir):
-            raise CheckpointError(f"--modeldir {modeldir} does not exist, so it holds no checkpoint "
-                                  f"{epoch}; check --modeldir.")
-        path = checkpoint_path(modeldir, epoch)
-        checkpoints.refuse_non_file(path)
-        if not os.path.isfile(path):
-            found = list_checkpoints(modeldir)
-            have = (f"checkpoints there: {', '.join(map(str, found))}" if found
-                    else "it holds no checkpoints")
-            raise CheckpointError(f"no checkpoint {epoch} in {modeldir} ({have}).")
-        return path
+    def checkpoint_file(self, epoch) -> str:
+        return find_checkpoint(self.config.modeldir, epoch)
 
     def load(self, checkpoint) -> dict:
-        """Load weights from a checkpoint number or path into the network; return the checkpoint."""
-        path = checkpoint if isinstance(checkpoint, str) else self.checkpoint_file(checkpoint)
+        """Load weights from a checkpoint (number, "best" or path) into the network; return it."""
+        path = checkpoint if isinstance(checkpoint, str) and checkpoint != "best" else \
+            self.checkpoint_file(checkpoint)
         ckpt = read_checkpoint(path)
         self._check_fit(ckpt, path)
         self.network.load_state_dict(ckpt["model"])
         return ckpt
 
-    def _resume(self, resume, data_digest: str):
-        """Restore everything from the requested checkpoint; return (step, partial)."""
+    def _resume_source(self, resume):
+        """(path, checkpoint) to resume from; (None, None) when "latest" finds none."""
         if resume == "latest":
-            path, ckpt = self._newest_checkpoint()
-            if ckpt is None:
-                self.log(f"no checkpoint in {self.config.modeldir} to resume from; starting anew.")
-                return 0, None
-        else:
-            path = self.checkpoint_file(int(resume))
-            ckpt = read_checkpoint(path, for_resume=True)
+            return self._newest_checkpoint()
+        path = self.checkpoint_file(int(resume))
+        return path, read_checkpoint(path, for_resume=True)
+
+    def _check_same_run(self, ckpt: dict, path: str, data_digest: str = None) -> None:
+        """Refuse to resume a run defined otherwise (data_digest None: the data is not known yet)."""
         self._check_fit(ckpt, path, for_resume=True)
+        keys = RUN_DEFINING_KEYS + ([] if data_digest is None else ["data"])
         current = dict(self.config.to_dict(), data=data_digest)
         saved = dict(ckpt["config"], data=ckpt.get("data"))
-        diffs = config_differences(saved, current, RUN_DEFINING_KEYS + ["data"])
+        diffs = config_differences(saved, current, keys)
         if diffs:
             what = "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in diffs)
             raise CheckpointError(f"cannot resume from {path}: the run differs ({what}). Use the "
                                   f"same flags and data, or another --modeldir for a new run.")
+
+    def check_resumable(self, resume) -> None:
+        """What can be refused about resuming before any data is read."""
+        path, ckpt = self._resume_source(resume)
+        if ckpt is not None:
+            self._check_same_run(ckpt, path)
+
+    def _resume(self, resume, data_digest: str):
+        """Restore everything from the requested checkpoint; return (step, partial)."""
+        path, ckpt = self._resume_source(resume)
+        if ckpt is None:
+            self.log(f"no checkpoint in {self.config.modeldir} to resume from; starting anew.")
+            return 0, None
+        self._check_same_run(ckpt, path, data_digest)
         try:
             self.network.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -341,6 +366,20 @@ class MyModel:
                                   f"move them away to start anew.")
         return None, None
 
+    def _drop_best_past(self, epoch: int) -> None:
+        """On resume from ``epoch``, a model-best.ckpt of a later epoch belongs to a run that is
+        being retraced: drop it, so that it cannot outlive what it was the best of."""
+        path = checkpoint_path(self.config.modeldir, "best")
+        if not os.path.isfile(path):
+            return
+        try:
+            best_epoch = read_checkpoint(path)["epoch"]
+        except CheckpointError as e:
+            self.log(f"replacing {e}")
+            best_epoch = epoch + 1
+        if best_epoch > epoch:
+            os.remove(path)
+
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):
         checkpoints.atomic_save(self._state(step, partial or {}, data_digest), path)
 
@@ -364,6 +403,12 @@ class MyModel:
             start_step, partial = self._resume(resume, digest)
         os.makedirs(cfg.modeldir, exist_ok=True)
         checkpoints.clean_stale_temporaries(cfg.modeldir)
+        self._drop_best_past(self.epoch)
+        records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
+            "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
+            "train_images": len(x_train), "valid_images": 0 if x_valid is None else len(x_valid)})
+        metrics_file = records.MetricsFile(cfg.modeldir)
+        metrics_file.start(self.history)
         pause_at = _pause_point()
 
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
@@ -378,10 +423,18 @@ class MyModel:
                                             digest, rank, world_size, pause_at)
                 start_step, partial = 0, None
                 if x_valid is not None and len(x_valid):
-                    metrics["valid_acc"] = self.accuracy(x_valid, y_valid)
+                    metrics["valid_acc"], metrics["valid_loss"] = self.validate(x_valid, y_valid)
+                best_before = max((m["valid_acc"] for m in self.history if "valid_acc" in m),
+                                  default=None)
                 self.epoch = epoch
                 self.history.append(metrics)
                 self._print_epoch(metrics)
+                metrics_file.append(metrics)
+                for callback in self.epoch_callbacks:
+                    callback(metrics)
+                if "valid_acc" in metrics and (best_before is None
+                                               or metrics["valid_acc"] > best_before):
+                    self._save(checkpoint_path(cfg.modeldir, "best"), data_digest=digest)
                 saved = None
                 if epoch % cfg.save_interval == 0 or epoch == cfg.max_epoch:
                     saved = checkpoint_path(cfg.modeldir, epoch)
@@ -418,7 +471,7 @@ class MyModel:
         self.network.train()
         start = time.perf_counter()
         bar = tqdm(total=len(slices), initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
-                   leave=False, disable=None, unit="batch")
+                   leave=False, disable=self._bars_off(), unit="batch")
         for step in range(start_step, len(slices)):
             if pause_at == (epoch, step):
                 _wait_for_signal(stop, epoch, step)
@@ -439,8 +492,10 @@ class MyModel:
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
             bar.update(1)
-            if step % 50 == 0 and bar.disable is False:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
+            if step % 50 == 0 and not bar.disable:
+                rate = (seen - seen_before) / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                acc=f"{100 * correct.item() / seen:.1f}%", img_s=f"{rate:.0f}")
             if stop.signum is not None:
                 bar.close()
                 self._check_finite(loss_sum, epoch)
@@ -467,6 +522,10 @@ class MyModel:
             raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch}; "
                                 f"{kept}. Lower --learning_rate or check the data.")
 
+    def _bars_off(self):
+        # None lets tqdm decide: bars only when output goes to a terminal.
+        return True if getattr(self.config, "quiet", False) else None
+
     def _print_epoch(self, m: dict) -> None:
         valid = f"  valid {100 * m['valid_acc']:6.2f}%" if "valid_acc" in m else ""
         self.log(f"epoch {m['epoch']:>3}/{self.config.max_epoch}  lr {m['lr']:.4g}  loss "
@@ -476,36 +535,75 @@ class MyModel:
     # ---------------------------------------------------------------- evaluation
 
     @torch.inference_mode()
-    def _logits(self, x: np.ndarray, desc: str = "evaluating") -> torch.Tensor:
-        """(N, 3072) rows, uint8 or float in [0, 255] -> (N, num_classes) float32 logits on device."""
+    def _logits(self, x: np.ndarray, desc: str = "evaluating", y: np.ndarray = None) -> torch.Tensor:
+        """(N, 3072) rows, uint8 or float in [0, 255] -> (N, num_classes) float32 logits on device.
+
+        With labels y, the progress bar shows the running loss and accuracy.
+        """
         self.network.eval()
         images = _to_image_tensor(x)
         if self.device.type == "cuda":
             images = images.pin_memory()
+        labels = None if y is None else torch.as_tensor(np.asarray(y, dtype=np.int64))
         outputs = []
         bs = self.config.eval_batch_size
-        for i in tqdm(range(0, len(images), bs), desc=desc, leave=False, disable=None,
-                      unit="batch"):
+        correct, loss_sum, start = 0, 0.0, time.perf_counter()
+        bar = tqdm(range(0, len(images), bs), desc=desc, leave=False, disable=self._bars_off(),
+                   unit="batch")
+        for i in bar:
             batch = images[i:i + bs].to(self.device, non_blocking=True)
             with self._autocast():
                 outputs.append(self.forward_net(self._images(batch, False)).float())
-        return torch.cat(outputs) if outputs else torch.empty(0, self.config.num_classes)
+            if labels is not None and not bar.disable:
+                target = labels[i:i + bs].to(self.device)
+                correct += int((outputs[-1].argmax(1) == target).sum())
+                loss_sum += float(F.cross_entropy(outputs[-1], target, reduction="sum"))
+                done = min(i + bs, len(images))
+                bar.set_postfix(loss=f"{loss_sum / done:.3f}", acc=f"{100 * correct / done:.1f}%",
+                                img_s=f"{done / max(time.perf_counter() - start, 1e-9):.0f}")
+        return torch.cat(outputs) if outputs else torch.empty(0, self.config.num_classes,
+                                                              device=self.device)
+
+    def scores(self, x: np.ndarray, y: np.ndarray, desc: str = "evaluating") -> dict:
+        """Predictions and losses of the network as it is on (x, y): {"predictions" (N,) int64,
+        "losses" (N,) float64 cross-entropy per image}, as numpy arrays."""
+        logits = self._logits(x, desc, y)
+        target = torch.as_tensor(np.asarray(y, dtype=np.int64), device=logits.device)
+        losses = F.cross_entropy(logits, target, reduction="none").double()
+        return {"predictions": logits.argmax(1).cpu().numpy(), "losses": losses.cpu().numpy()}
+
+    def validate(self, x: np.ndarray, y: np.ndarray):
+        """(accuracy in [0, 1], mean cross-entropy) of the network as it is on (x, y)."""
+        s = self.scores(x, y, "validating")
+        return float((s["predictions"] == np.asarray(y)).mean()), float(s["losses"].mean())
 
     def accuracy(self, x: np.ndarray, y: np.ndarray) -> float:
-        predictions = self._logits(x).argmax(1).cpu()
-        return (predictions == torch.as_tensor(np.asarray(y, dtype=np.int64))).float().mean().item()
+        return self.validate(x, y)[0]
+
+    def evaluate_checkpoints(self, x: np.ndarray, y: np.ndarray, checkpoint_list) -> list:
+        """Score each listed checkpoint (epoch numbers or "best") on (x, y): a list of dicts with
+        "checkpoint" (file name), "epoch", "accuracy", "loss", "images" and "predictions"."""
+        for num in checkpoint_list:  # check every one before spending time on any
+            self.checkpoint_file(num)
+        results = []
+        for num in checkpoint_list:
+            ckpt = self.load(num)
+            s = self.scores(x, y)
+            results.append({"checkpoint": os.path.basename(self.checkpoint_file(num)),
+                            "epoch": ckpt["epoch"],
+                            "accuracy": float((s["predictions"] == np.asarray(y)).mean()),
+                            "loss": float(s["losses"].mean()), "images": len(y),
+                            "predictions": s["predictions"]})
+        return results
 
     def test_or_validate(self, x: np.ndarray, y: np.ndarray, checkpoint_num_list,
                          set_name: str = "test") -> dict:
-        """Accuracy of each listed checkpoint on (x, y): {epoch: accuracy in [0, 1]}."""
-        for num in checkpoint_num_list:  # check every number before spending time on any
-            self.checkpoint_file(num)
+        """Accuracy of each listed checkpoint on (x, y): {epoch: accuracy in [0, 1]}; one line each."""
         results = {}
-        for num in checkpoint_num_list:
-            self.load(num)
-            results[num] = self.accuracy(x, y)
-            self.log(f"model-{num}.ckpt  {set_name} accuracy {100 * results[num]:.2f}%  "
-                     f"({len(y)} images)")
+        for r, num in zip(self.evaluate_checkpoints(x, y, checkpoint_num_list), checkpoint_num_list):
+            results[num] = r["accuracy"]
+            self.log(f"{r['checkpoint']}  {set_name} accuracy {100 * r['accuracy']:.2f}%  "
+                     f"loss {r['loss']:.4f}  ({r['images']} images)")
         return results
 
     evaluate = test_or_validate  # the course skeleton's name

@@ -36,10 +36,14 @@ import torch
 
 CHECKPOINT_FORMAT = 1
 INTERRUPTED = "interrupted.ckpt"
+BEST = "model-best.ckpt"  # the epoch of the best validation accuracy so far
 LOCK = ".lock"
+RECORDS = ("metrics.csv", "config.json", "curves.png")  # records.py and plots.py write them
 _CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
 _TMP_MARK = ".tmp-"
 _RNG_KEYS = ("python", "numpy", "torch")
+# Config keys added after checkpoints were first written, with the value those checkpoints meant.
+LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine"}
 
 
 class CheckpointError(RuntimeError):
@@ -49,7 +53,8 @@ class CheckpointError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Names in a model folder
 
-def checkpoint_path(modeldir: str, epoch: int) -> str:
+def checkpoint_path(modeldir: str, epoch) -> str:
+    """model-<epoch>.ckpt, or model-best.ckpt for epoch "best"."""
     return os.path.join(modeldir, f"model-{epoch}.ckpt")
 
 
@@ -65,20 +70,31 @@ def run_files(modeldir: str):
     """Names of the checkpoints a training run left in modeldir (temporaries not included)."""
     if not os.path.isdir(modeldir):
         return []
-    return sorted(name for name in os.listdir(modeldir) if _CKPT_RE.match(name) or name == INTERRUPTED)
+    return sorted(name for name in os.listdir(modeldir)
+                  if _CKPT_RE.match(name) or name in (INTERRUPTED, BEST))
 
 
-def _is_checkpoint_temporary(name: str) -> bool:
-    # Only temporaries of checkpoints: a prediction being written beside them is not ours to touch.
-    return name.endswith(".part") and _TMP_MARK in name and \
-        (name.startswith(".model-") or name.startswith("." + INTERRUPTED))
+def run_records(modeldir: str):
+    """Names of the other files a run writes, replaced by the next run (metrics, config, curves)."""
+    if not os.path.isdir(modeldir):
+        return []
+    return sorted(name for name in os.listdir(modeldir) if name in RECORDS)
+
+
+def _is_run_temporary(name: str) -> bool:
+    """A temporary of atomic_save for a file only a training run writes (see clean_stale_temporaries)."""
+    if not (name.startswith(".") and name.endswith(".part") and _TMP_MARK in name):
+        return False
+    target = name[1:].split(_TMP_MARK, 1)[0]
+    # Only the run's own files: a prediction being written beside them is not ours to touch.
+    return bool(_CKPT_RE.match(target)) or target in (INTERRUPTED, BEST) + RECORDS
 
 
 def clean_stale_temporaries(modeldir: str) -> None:
-    """Remove checkpoint temporaries a killed run left behind (call it holding the run lock)."""
+    """Remove temporaries a killed run left behind (call it holding the run lock)."""
     if os.path.isdir(modeldir):
         for name in os.listdir(modeldir):
-            if _is_checkpoint_temporary(name):
+            if _is_run_temporary(name):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(modeldir, name))
 
@@ -94,6 +110,7 @@ def check_fresh_start(modeldir: str, overwrite: bool, log=print) -> None:
         raise CheckpointError(f"--modeldir {modeldir} already holds a run ({shown}); pass --resume "
                               f"to continue it, choose another --modeldir, or pass --overwrite to "
                               f"delete its checkpoints and start anew.")
+    found += run_records(modeldir)
     for name in found:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(modeldir, name))
@@ -241,6 +258,7 @@ def read_checkpoint(path: str, for_resume: bool = False) -> dict:
     problem = _structure_problem(ckpt, for_resume)
     if problem:
         raise CheckpointError(f"{path} is not a usable checkpoint of this trainer: {problem}.")
+    ckpt["config"] = dict(LEGACY_CONFIG, **ckpt["config"])
     return ckpt
 
 

@@ -9,8 +9,17 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
+# The official python versions of the data sets, and the MD5s published beside them
+# (https://www.cs.toronto.edu/~kriz/cifar.html).
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # the official python version
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published beside the archive
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"  # the same for CIFAR-100
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"  # published beside the archive
+OFFICIAL_URLS = {"cifar10": CIFAR10_URL, "cifar100": CIFAR100_URL}
+OFFICIAL_MD5S = {"cifar10": CIFAR10_MD5, "cifar100": CIFAR100_MD5}
+# Classes of each (dataset, label_mode): CIFAR-100 labels each image with one of 100 fine classes
+# and one of 20 coarse superclasses; CIFAR-10 has only its 10.
+CLASS_COUNTS = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
 
 
@@ -30,7 +39,8 @@ class Config:
     resnet_size: int = _opt(3, "blocks per stack n: depth 6n+2 for v1 (3 -> ResNet-20), 9n+2 for v2 "
                                "(18 -> ResNet-164)")
     first_num_filters: int = _opt(16, "filters of the first stack; doubled at each later stack (paper: 16)")
-    num_classes: int = _opt(10, "number of classes (CIFAR-10)")
+    num_classes: int = _opt(0, "number of classes; 0: from the data set (10 for CIFAR-10, 100 for "
+                               "CIFAR-100 fine, 20 coarse)")
 
     # --- optimization (paper Sec. 4.2; weight decay as in the course skeleton) ---
     batch_size: int = _opt(128, "images per training step (paper: 128)")
@@ -47,14 +57,20 @@ class Config:
                         "(0 to 2**63 - 1)")
 
     # --- data ---
+    dataset: str = _opt("cifar10", "the data set: cifar10 or cifar100 (Krizhevsky 2009)",
+                        choices=("cifar10", "cifar100"))
+    label_mode: str = _opt("fine", "CIFAR-100 labels: fine (100 classes) or coarse (20 "
+                                   "superclasses)", choices=("fine", "coarse"))
     split_index: int = _opt(45000, "training images before the validation split (paper: 45k/5k)")
     train_all: bool = _opt(False, "train on all 50,000 images with no validation (the course's "
                                   "final step)")
     pad_mode: str = _opt("constant", "padding before the random crop: constant (zeros, paper) or "
                                      "reflect", choices=("constant", "reflect"))
-    data_dir: str = _opt("./data", "folder holding cifar-10-batches-py (or the batches themselves)")
-    download: bool = _opt(True, "fetch the official CIFAR-10 archive when data_dir holds none")
-    download_url: str = _opt(CIFAR10_URL, "where to fetch CIFAR-10 from (a mirror may be given)")
+    data_dir: str = _opt("./data", "folder holding cifar-10-batches-py or cifar-100-python (or "
+                                   "their files themselves)")
+    download: bool = _opt(True, "fetch the official archive of --dataset when data_dir holds none")
+    download_url: str = _opt("official", "where to fetch the archive of --dataset from: official "
+                                         "(the University of Toronto's URL) or a mirror's URL")
     modeldir: str = _opt("./model_v1", "folder for checkpoints and predictions")
 
     # --- hardware ---
@@ -68,8 +84,20 @@ class Config:
     cudnn_benchmark: bool = _opt(True, "let cuDNN pick the fastest convolution algorithms (CUDA only)")
     eval_batch_size: int = _opt(1000, "images per batch when evaluating and predicting")
 
+    # --- output ---
+    quiet: bool = _opt(False, "no progress bars (the per-epoch lines stay); bars show only on a "
+                              "terminal anyway")
+    tensorboard: str = _opt("", "also log the per-epoch numbers to TensorBoard in this folder "
+                                "(needs the tensorboard package)")
+
     def __post_init__(self):
         self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
+        # Resolved here, so that the printed config and every checkpoint hold the real values. An
+        # unknown dataset or label_mode leaves them as they are, for validate() to name.
+        if self.num_classes is None or self.num_classes == 0:
+            self.num_classes = CLASS_COUNTS.get((self.dataset, self.label_mode), self.num_classes)
+        if self.download_url == "official":
+            self.download_url = OFFICIAL_URLS.get(self.dataset, self.download_url)
 
     def validate(self, n_train: int = None) -> "Config":
         """Raise ConfigError naming the first flag that makes no sense; return self."""
@@ -81,8 +109,17 @@ class Config:
                 raise ConfigError(f"--{name} must be a positive integer, not {value!r}.")
         if self.resnet_version not in (1, 2):
             raise ConfigError(f"--resnet_version must be 1 or 2, not {self.resnet_version!r}.")
-        if self.num_classes < 2:
-            raise ConfigError(f"--num_classes must be at least 2, not {self.num_classes}.")
+        if self.dataset not in OFFICIAL_URLS:
+            raise ConfigError(f"--dataset must be cifar10 or cifar100, not {self.dataset!r}.")
+        if self.label_mode not in ("fine", "coarse"):
+            raise ConfigError(f"--label_mode must be fine or coarse, not {self.label_mode!r}.")
+        if (self.dataset, self.label_mode) not in CLASS_COUNTS:
+            raise ConfigError(f"--label_mode {self.label_mode} applies to --dataset cifar100 only; "
+                              f"drop it, or pass --dataset cifar100.")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or \
+                self.num_classes < 2:
+            raise ConfigError(f"--num_classes must be at least 2 (or 0 to follow the data set), "
+                              f"not {self.num_classes}.")
         for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
@@ -121,8 +158,11 @@ class Config:
 # Keys that define what a run computes; resuming with any of them changed is refused.
 # max_epoch and save_interval may change (to extend a run), as may the hardware settings.
 RUN_DEFINING_KEYS: List[str] = [
-    "resnet_version", "resnet_size", "first_num_filters", "num_classes",
+    "resnet_version", "resnet_size", "first_num_filters", "num_classes", "dataset", "label_mode",
     "batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay_epochs", "lr_decay_factor",
     "seed", "split_index", "train_all", "pad_mode",
 ]
-ARCHITECTURE_KEYS: List[str] = ["resnet_version", "resnet_size", "first_num_filters", "num_classes"]
+# The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or
+# resume when any of these differ.
+ARCHITECTURE_KEYS: List[str] = ["resnet_version", "resnet_size", "first_num_filters", "num_classes",
+                                "dataset", "label_mode"]

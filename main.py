@@ -25,19 +25,26 @@ if __name__ == "__main__":  # importing torch takes seconds: a Ctrl-C meanwhile 
     signal.signal(signal.SIGINT, _quit_while_starting)
 
 import numpy as np
+import torch
 import torch._dynamo  # noqa: F401  (torch.optim imports it on first use; here, under the guard)
 
 import DataReader
 import Model
 import checkpoints
-from configure import Config, ConfigError
+import plots
+import reports
+import tensorboard_log
+from configure import ARCHITECTURE_KEYS, Config, ConfigError
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
 # Flags that mean something in one mode only; given in another they are refused, not ignored.
 MODE_FLAGS = {"resume": "train", "overwrite": "train", "checkpoints": "test", "eval_set": "test",
-              "checkpoint": "predict", "private_data": "predict", "output": "predict"}
+              "json": "test", "checkpoint": "predict", "private_data": "predict",
+              "output": "predict"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -57,13 +64,26 @@ def _resume_value(text: str):
         raise argparse.ArgumentTypeError(f"expected a checkpoint number, not {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _checkpoint_value(text: str):
+    """A checkpoint: its epoch number, or "best" for model-best.ckpt."""
+    if text == "best":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a checkpoint number or best, not {text!r}") \
+            from None
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The command line. With suppress_defaults, parsing yields only the flags actually given."""
     parser = argparse.ArgumentParser(
         description="ResNets on CIFAR-10: train, test checkpoints, predict a private set.",
         formatter_class=_HelpFormatter)
     run = parser.add_argument_group("what to do")
-    run.add_argument("--mode", choices=("train", "test", "predict"), default="train",
-                     help="train a network, test saved checkpoints, or predict a private set")
+    run.add_argument("--mode", choices=("train", "test", "predict", "plot"), default="train",
+                     help="train a network, test saved checkpoints, predict a private set, or "
+                          "plot <modeldir>/curves.png from its metrics.csv")
     run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="N",
                      type=_resume_value,
                      help="train: continue from checkpoint N, or from the newest valid one in "
@@ -71,13 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="train: delete the checkpoints of an earlier run in modeldir and start "
                           "anew (without it such a folder is refused)")
-    run.add_argument("--checkpoints", type=int, nargs="+", metavar="N",
-                     help="test: checkpoint numbers to evaluate (default: the newest)")
+    run.add_argument("--checkpoints", type=_checkpoint_value, nargs="+", metavar="N",
+                     help="test: checkpoint numbers to evaluate, or best (default: the newest)")
+    run.add_argument("--json", metavar="PATH",
+                     help="test: also write the report (table, per-class accuracy, confusion "
+                          "matrix) as JSON to PATH")
     run.add_argument("--eval_set", choices=("test", "valid"),
                      help="test: evaluate on the test set or on the validation split the "
                           "checkpoint was trained beside (default: test)")
-    run.add_argument("--checkpoint", type=int, metavar="N",
-                     help="predict: checkpoint number to use (default: the newest)")
+    run.add_argument("--checkpoint", type=_checkpoint_value, metavar="N",
+                     help="predict: checkpoint number to use, or best (default: the newest)")
     run.add_argument("--private_data", metavar="P",
                      help="predict: .npy of private images (default: <data_dir>/private_test_images.npy)")
     run.add_argument("--output", metavar="O",
@@ -88,17 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
         meta = f.metadata
         if f.type is bool or isinstance(f.default, bool):
             group = cfg.add_mutually_exclusive_group()
-            group.add_argument(f"--{f.name}", dest=f.name, action="store_true", default=f.default,
+            group.add_argument(f"--{f.name}", dest=f.name, action="store_true",
+                               default=argparse.SUPPRESS if suppress_defaults else f.default,
                                help=meta["help"])
             # SUPPRESS: the default is the field's, set (and shown) by the flag above.
             group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
                                default=argparse.SUPPRESS, help=f"turn {f.name} off")
             continue
         kind = type(f.default) if not isinstance(f.default, tuple) else int
-        cfg.add_argument(f"--{f.name}", type=kind, default=f.default, help=meta["help"],
+        cfg.add_argument(f"--{f.name}", type=kind, help=meta["help"],
+                         default=argparse.SUPPRESS if suppress_defaults else f.default,
                          choices=meta.get("choices"), nargs=meta.get("nargs"),
                          metavar=None if meta.get("choices") else f.name.upper())
     return parser
+
+
+def explicit_flags(argv) -> set:
+    """The configuration fields a command line sets itself (not left at their defaults)."""
+    parsed, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
+    return {f.name for f in dataclasses.fields(Config)} & set(vars(parsed))
 
 
 class _CliError(Exception):
@@ -110,13 +141,16 @@ def config_from_args(args) -> Config:
 
 
 def _ensure_data(config: Config) -> None:
-    # The batches, else a cifar-10-python.tar.gz in data_dir (MD5 checked), else the download.
-    DataReader.ensure_cifar10(config.data_dir, config.download, config.download_url)
+    # The data set's files, else its official archive in data_dir (MD5 checked), else the download
+    # from download_url (checked against the official MD5 too).
+    DataReader.ensure_dataset(config.data_dir, config.dataset, config.download, config.download_url)
 
 
 def _load(config: Config):
-    """The data set of config: (x_train, y_train, x_test, y_test), rows of 3072 uint8 values."""
-    return DataReader.load_data(config.data_dir, config.num_classes)
+    """The data set of config: (x_train, y_train, x_test, y_test), rows of 3072 uint8 values and
+    labels in [0, num_classes) of its label_mode."""
+    return DataReader.load_data(config.data_dir, config.num_classes, config.dataset,
+                                config.label_mode)
 
 
 def _check_modeldir(config: Config, args) -> None:
@@ -140,13 +174,32 @@ def _make_modeldir(modeldir: str) -> None:
                                     f"a folder you can write to.") from None
 
 
+class _TensorBoard:
+    """Logs each epoch's metrics; the writer opens at the first epoch this process trains, so a
+    resumed run replaces what the log holds from that epoch on (as metrics.csv does)."""
+
+    def __init__(self, logdir: str, closer: contextlib.ExitStack):
+        self.logdir, self.closer, self.writer = logdir, closer, None
+
+    def __call__(self, metrics: dict) -> None:
+        if self.writer is None:
+            self.writer = tensorboard_log.open_writer(self.logdir, purge_step=metrics["epoch"])
+            self.closer.callback(self.writer.close)
+        tensorboard_log.log_epoch(self.writer, metrics)
+
+
 def run_train(config: Config, args) -> int:
+    _announce(config)
     with contextlib.ExitStack() as held:
+        if config.tensorboard:  # an optional extra: checked before anything else happens
+            tensorboard_log.require_tensorboard()
         # One run per folder: an existing folder is locked (and checked) before the data is read,
         # so a second run is refused at once; a new one is made only once the data proved usable.
         if os.path.isdir(config.modeldir):
             held.enter_context(checkpoints.RunLock(config.modeldir))
         _check_modeldir(config, args)
+        if args.resume is not None and os.path.isdir(config.modeldir):  # before any download
+            Model.MyModel(config, log=lambda *a: None).check_resumable(args.resume)
         _ensure_data(config)
         x_train, y_train, _, _ = _load(config)
         x_valid = y_valid = None
@@ -161,8 +214,15 @@ def run_train(config: Config, args) -> int:
         print(f"training {_network_name(config)} on {len(x_train)} images"
               + (f", validating on {len(x_valid)}" if x_valid is not None else "")
               + f", device {model.device}", flush=True)
+        if config.tensorboard:
+            model.epoch_callbacks.append(_TensorBoard(config.tensorboard, held))
         model.train(x_train, y_train, x_valid, y_valid, resume=args.resume,
                     overwrite=bool(args.overwrite))
+    if plots.matplotlib_available():  # the picture is a bonus: without matplotlib, no curves.png
+        try:
+            print(f"wrote {plots.draw_curves(config.modeldir)}")
+        except plots.PlotError as e:
+            print(f"warning: no curves: {e}", file=sys.stderr)
     return 0
 
 
@@ -207,15 +267,45 @@ def _validation_split(model, numbers, x_train, y_train):
     return x_train[split:], y_train[split:]
 
 
+def _from_checkpoint(config: Config, args, number) -> Config:
+    """The configuration with the network and data set a checkpoint was trained with, so test and
+    predict need no network flags; one given explicitly that disagrees is refused."""
+    path = Model.find_checkpoint(config.modeldir, number)
+    saved = checkpoints.read_checkpoint(path)["config"]
+    changes = {}
+    for key in ARCHITECTURE_KEYS:
+        if key not in saved or saved[key] == getattr(config, key):
+            continue
+        if key in args.explicit:
+            raise _CliError(f"{path} holds a network trained with {key} {saved[key]}, but "
+                            f"--{key} {getattr(config, key)} was given; drop --{key} or pass "
+                            f"--{key} {saved[key]}.")
+        changes[key] = saved[key]
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def _announce(config: Config) -> None:
+    print("config: " + " ".join(f"{k}={v}" for k, v in config.to_dict().items()), flush=True)
+
+
 def run_test(config: Config, args) -> int:
     numbers = args.checkpoints or [_newest(config)]
+    config = _from_checkpoint(config, args, numbers[0])
+    _announce(config)
     model = Model.MyModel(config)
     for number in numbers:  # check every number before reading data or evaluating any
         model.checkpoint_file(number)
     x_train, y_train, x_test, y_test = _load(config)
-    if args.eval_set == "valid":
+    set_name = args.eval_set or "test"
+    if set_name == "valid":
         x_test, y_test = _validation_split(model, numbers, x_train, y_train)
-    model.test_or_validate(x_test, y_test, numbers, args.eval_set or "test")
+    results = model.evaluate_checkpoints(x_test, y_test, numbers)
+    names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
+    report = reports.build(results, y_test, names, config.num_classes, set_name)
+    print(reports.format_text(report))
+    if args.json:
+        reports.write_json(report, args.json)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -231,15 +321,26 @@ def run_predict(config: Config, args) -> int:
         raise _CliError(f"--output {output}: folder {folder} does not exist; create it or choose "
                         f"another path.")
     number = args.checkpoint if args.checkpoint is not None else _newest(config)
+    config = _from_checkpoint(config, args, number)
+    _announce(config)
     model = Model.MyModel(config)
-    model.checkpoint_file(number)
     x = DataReader.load_testing_images(private)
     model.load(number)
     probabilities = model.predict_prob(x)
     checkpoints.atomic_save(probabilities, output, flag="--output",
                             writer=lambda a, f: np.save(f, a, allow_pickle=False))
     print(f"wrote {output}: {probabilities.shape[0]} x {probabilities.shape[1]} probabilities "
-          f"from model-{number}.ckpt")
+          f"from {os.path.basename(Model.find_checkpoint(config.modeldir, number))}")
+    return 0
+
+
+def run_plot(config: Config, args) -> int:
+    _announce(config)
+    try:
+        path = plots.draw_curves(config.modeldir)
+    except plots.PlotError as e:
+        raise _CliError(str(e)) from None
+    print(f"wrote {path}")
     return 0
 
 
@@ -253,18 +354,25 @@ def _check_mode_flags(args) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.explicit = explicit_flags(sys.argv[1:] if argv is None else argv)
     config = config_from_args(args)
 
     try:
         _check_mode_flags(args)
         config.validate()
         Model.select_device(config.device)  # fail before any download or data loading
-        print("config: " + " ".join(f"{k}={v}" for k, v in config.to_dict().items()), flush=True)
-        return {"train": run_train, "test": run_test, "predict": run_predict}[args.mode](config, args)
+        modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot}
+        return modes[args.mode](config, args)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-    except (DataReader.DataError, checkpoints.CheckpointError, Model.TrainingError, _CliError) as e:
+    except (DataReader.DataError, checkpoints.CheckpointError, Model.TrainingError, _CliError,
+            plots.PlotError, tensorboard_log.TensorBoardError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OUT_OF_MEMORY:
+        print(f"error: the device ran out of memory in --mode {args.mode}; lower --batch_size or "
+              f"--eval_batch_size (evaluation gives the same results in smaller batches).",
+              file=sys.stderr)
         return 1
     except Model.TrainingStopped as e:
         print(str(e), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""A restricted unpickler for CIFAR-10 batches: files that come from strangers.
+"""A restricted unpickler for CIFAR-10 and CIFAR-100 files: files that come from strangers.
 
 A batch names a few globals: numpy's array reconstruction (_reconstruct, ndarray, dtype, or
 _frombuffer for protocol 5) and, for protocol 2 written by Python 3, _codecs.encode and bytes.
@@ -21,7 +21,7 @@ def _text(value):
 
 
 def _refuse(what: str):
-    raise pickle.UnpicklingError(f"refusing to load {what}: a CIFAR-10 batch holds only plain "
+    raise pickle.UnpicklingError(f"refusing to load {what}: a CIFAR file holds only plain "
                                  f"numeric numpy arrays, lists and strings")
 
 

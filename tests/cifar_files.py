@@ -98,3 +98,76 @@ class Calls:
 
     def __reduce__(self):
         return self.func, self.args
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10's batches.meta, and CIFAR-100
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]
+CIFAR100_FINE_NAMES = [f"fine_{i:02d}" for i in range(100)]
+CIFAR100_COARSE_NAMES = [f"coarse_{i:02d}" for i in range(20)]
+# The superclass of each fine class: five fine classes each, and not simply fine // 5, so that a
+# loader mixing the two label sets up is caught.
+COARSE_OF_FINE = np.array([(7 * f) % 20 for f in range(100)])
+
+
+def _dump(obj_py2: dict, style: str) -> bytes:
+    """obj (bytes keys and strings, as Python 2 wrote them) in the given style: "py2", or "p2".."p5"
+    (re-saved by Python 3 with that protocol, keys and strings as str)."""
+    if style == "py2":
+        return py2_dumps(obj_py2)
+
+    def text(v):
+        if isinstance(v, bytes):
+            return v.decode("latin1")
+        if isinstance(v, list):
+            return [text(e) for e in v]
+        return v
+
+    return pickle.dumps({k.decode("latin1"): text(v) for k, v in obj_py2.items()},
+                        protocol=int(style[1:]))
+
+
+def write_cifar10_meta(folder: str, names=CIFAR10_NAMES, style: str = "py2") -> str:
+    """Write batches.meta (as in the official archive) into folder; return its path."""
+    path = os.path.join(folder, "batches.meta")
+    with open(path, "wb") as f:
+        f.write(_dump({b"num_cases_per_batch": 10000, b"label_names": [n.encode() for n in names],
+                       b"num_vis": 3072}, style))
+    return path
+
+
+def cifar100_arrays(n_train: int, n_test: int, seed: int = 0):
+    """The images and labels write_cifar100 writes: (x, fine, coarse) for train, then for test."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for n in (n_train, n_test):
+        x, fine = make_batch(n, rng, 100)
+        out.append((x, fine, COARSE_OF_FINE[fine]))
+    return out
+
+
+def write_cifar100(folder: str, n_train: int = 40, n_test: int = 16, seed: int = 0,
+                   style: str = "py2", meta: bool = True) -> str:
+    """Write train, test and (with meta) meta under folder/cifar-100-python; return that path.
+
+    The official format: dicts with b'data' (n, 3072) uint8, b'fine_labels', b'coarse_labels',
+    b'filenames', b'batch_label'; meta holds b'fine_label_names' and b'coarse_label_names'.
+    style: "py2" (official byte format), or "p2".."p5" (re-saved by Python 3, str keys).
+    """
+    out = os.path.join(folder, "cifar-100-python")
+    os.makedirs(out, exist_ok=True)
+    for name, (x, fine, coarse) in zip(("train", "test"), cifar100_arrays(n_train, n_test, seed)):
+        blob = _dump({b"batch_label": f"{name}ing batch 1 of 1".encode(),
+                      b"fine_labels": [int(v) for v in fine],
+                      b"coarse_labels": [int(v) for v in coarse], b"data": x,
+                      b"filenames": [f"img_{i}.png".encode() for i in range(len(x))]}, style)
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(blob)
+    if meta:
+        with open(os.path.join(out, "meta"), "wb") as f:
+            f.write(_dump({b"fine_label_names": [n.encode() for n in CIFAR100_FINE_NAMES],
+                           b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_NAMES]},
+                          style))
+    return out

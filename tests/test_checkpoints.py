@@ -45,6 +45,11 @@ def file_bytes(path) -> bytes:
         return f.read()
 
 
+def checkpoint_files(folder) -> dict:
+    """The snapshot of folder's checkpoints and temporaries (the run's records left out)."""
+    return {k: v for k, v in snapshot(str(folder)).items() if k.endswith((".ckpt", ".part"))}
+
+
 def leftovers(folder) -> list:
     return [name for name in os.listdir(folder) if name.endswith(".part")]
 
@@ -116,7 +121,7 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(tmp_path, monkeypat
                         lambda obj, path, **kw: real_save(obj, path, _failing_writer))
     with pytest.raises(Model.CheckpointError, match="No space left on device"):
         tiny_model(modeldir, max_epoch=2).train(x, y, resume="latest")
-    assert sorted(os.listdir(modeldir)) == ["model-1.ckpt"]
+    assert sorted(os.listdir(modeldir)) == ["config.json", "metrics.csv", "model-1.ckpt"]
     assert file_bytes(modeldir / "model-1.ckpt") == before
 
 
@@ -180,7 +185,7 @@ def test_a_real_write_failure_in_training_is_one_clear_line(cli_run, tmp_path):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: could not write") and "model-3.ckpt" in lines[0]
     assert "File too large" in lines[0] and "free some space" in lines[0]
-    assert snapshot(copy) == before  # no part file left, the earlier checkpoints intact
+    assert checkpoint_files(copy) == {k: v for k, v in before.items() if k.endswith(".ckpt")}
 
 
 def test_stale_temporaries_are_removed_when_training_starts(tmp_path):
@@ -222,13 +227,14 @@ def test_overwrite_removes_the_earlier_run_and_nothing_else(tmp_path):
     (modeldir / "notes.txt").write_text("mine")
     lines = []
     MyModel(tiny_config(modeldir, max_epoch=1, seed=5), log=lines.append).train(x, y, overwrite=True)
-    assert sorted(os.listdir(modeldir)) == ["model-1.ckpt", "notes.txt"]
+    assert sorted(os.listdir(modeldir)) == ["config.json", "metrics.csv", "model-1.ckpt",
+                                            "notes.txt"]
     assert (modeldir / "notes.txt").read_text() == "mine"
     new_first = load(modeldir / "model-1.ckpt")
     assert new_first["config"]["seed"] == 5
     assert not torch.equal(new_first["model"]["output_layer.fc.weight"],
                            old_first["model"]["output_layer.fc.weight"])
-    assert any("removed 3 files" in line for line in lines), lines
+    assert any("removed 5 files" in line for line in lines), lines  # 3 checkpoints, 2 records
 
 
 def test_the_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
@@ -330,13 +336,13 @@ def test_resume_latest_in_an_empty_modeldir_starts_anew(tmp_path):
 def test_signal_during_validation_stops_after_the_epoch_with_a_checkpoint(tmp_path, monkeypatch):
     x, y = data(24)
     model = tiny_model(tmp_path / "m", max_epoch=3, save_interval=10)
-    real_accuracy = model.accuracy
+    real_validate = model.validate
 
-    def accuracy_then_sigint(xv, yv):
+    def validate_then_sigint(xv, yv):
         os.kill(os.getpid(), signal.SIGINT)  # arrives while validating epoch 1
-        return real_accuracy(xv, yv)
+        return real_validate(xv, yv)
 
-    monkeypatch.setattr(model, "accuracy", accuracy_then_sigint)
+    monkeypatch.setattr(model, "validate", validate_then_sigint)
     with pytest.raises(Model.TrainingStopped) as stopped:
         model.train(x[:16], y[:16], x[16:], y[16:])
     assert stopped.value.signum == signal.SIGINT
@@ -501,14 +507,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     x, y = data()
     modeldir = tmp_path / "m"
     tiny_model(modeldir, max_epoch=2).train(x, y)
-    before = snapshot(str(modeldir))
+    before = checkpoint_files(modeldir)
     real = Model.F.cross_entropy
     monkeypatch.setattr(Model.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(Model.TrainingError) as info:
         tiny_model(modeldir, max_epoch=4).train(x, y, resume="latest")
     assert "NaN or infinite" in str(info.value) and "epoch 3" in str(info.value)
     assert "model-2.ckpt" in str(info.value)
-    assert snapshot(str(modeldir)) == before
+    assert checkpoint_files(modeldir) == before
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,6 +558,8 @@ RUN_CHANGES = {
     "split_index": ["--split_index", "30"],
     "train_all": ["--train_all"],
     "pad_mode": ["--pad_mode", "reflect"],
+    "dataset": ["--dataset", "cifar100"],
+    "label_mode": ["--dataset", "cifar100", "--label_mode", "coarse"],
 }
 
 

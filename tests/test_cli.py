@@ -73,9 +73,15 @@ def workspace(trained, tmp_path) -> Workspace:
     return copy_workspace(trained, tmp_path / "ws")
 
 
-def accuracy_line(set_name):
-    return re.compile(rf"^model-(\d+)\.ckpt\s+{set_name} accuracy\s+(\d+\.\d\d)%"
-                      rf"\s+\((\d+) images\)$")
+ROW = re.compile(r"^model-(\d+)\.ckpt\s+\d+\s+(\d+\.\d\d)%\s+\d+\.\d{4}\s+(\d+)$")
+
+
+def report_rows(stdout: str, set_name: str) -> list:
+    """(checkpoint number, accuracy in %, images) of each row of the test report's table."""
+    lines = stdout.splitlines()
+    header = [i for i, line in enumerate(lines) if line.startswith("checkpoint ")]
+    assert len(header) == 1 and f"{set_name} acc" in lines[header[0]], stdout
+    return [m.groups() for m in map(ROW.match, lines[header[0] + 1:]) if m]
 
 
 def expected_percent(ws: Workspace, number: int, x, y) -> str:
@@ -129,8 +135,7 @@ def test_train_writes_a_checkpoint_each_epoch(trained):
 def test_mode_test_prints_one_accuracy_per_checkpoint(workspace):
     done = run_main(workspace.flags(mode="test") + ["--checkpoints", "1", "2"])
     assert done.returncode == 0, done.stderr
-    found = [accuracy_line("test").match(line) for line in done.stdout.splitlines()]
-    found = [m.groups() for m in found if m]
+    found = report_rows(done.stdout, "test")
     _, _, x_test, y_test = DataReader.load_data(workspace.data_dir)
     assert found == [(str(n), expected_percent(workspace, n, x_test, y_test), str(N_TEST))
                      for n in (1, 2)]
@@ -139,8 +144,7 @@ def test_mode_test_prints_one_accuracy_per_checkpoint(workspace):
 def test_mode_test_on_the_validation_split(workspace):
     done = run_main(workspace.flags(mode="test", eval_set="valid"))
     assert done.returncode == 0, done.stderr
-    found = [accuracy_line("valid").match(line) for line in done.stdout.splitlines()]
-    found = [m.groups() for m in found if m]
+    found = report_rows(done.stdout, "valid")
     x, y, _, _ = DataReader.load_data(workspace.data_dir)
     # Without --checkpoints the newest is used.
     assert found == [("2", expected_percent(workspace, 2, x[SPLIT:], y[SPLIT:]),
@@ -152,8 +156,7 @@ def test_validation_uses_the_split_the_checkpoint_was_trained_with(workspace):
     done = run_main(workspace.flags(mode="test", eval_set="valid", split_index=60))
     assert done.returncode == 0, done.stderr
     assert f"split_index {SPLIT}" in done.stdout
-    found = [accuracy_line("valid").match(line) for line in done.stdout.splitlines()]
-    found = [m.groups() for m in found if m]
+    found = report_rows(done.stdout, "valid")
     x, y, _, _ = DataReader.load_data(workspace.data_dir)
     assert found == [("2", expected_percent(workspace, 2, x[SPLIT:], y[SPLIT:]),
                       str(N_TRAIN - SPLIT))]

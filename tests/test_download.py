@@ -1,4 +1,5 @@
-"""DataReader.download_cifar10 and the CLI's download path, against a local HTTP server."""
+"""DataReader.download_cifar10 and the CLI's download path, against a local HTTP server (CIFAR-100:
+test_cifar100.py)."""
 import errno
 import functools
 import hashlib
@@ -352,7 +353,7 @@ def _no_network(monkeypatch):
         raise AssertionError("the network was used")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(DataReader, "download_cifar10", refuse)
+    monkeypatch.setattr(DataReader, "download_dataset", refuse)
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -419,20 +420,20 @@ def test_cli_downloads_then_trains(tmp_path, server, monkeypatch, capsys):
     root, base = server
     md5 = make_archive(root / "cifar.tar.gz", tmp_path / "staging", n_per_batch=10, n_test=4)
     url = f"{base}/cifar.tar.gz"
-    real_download = DataReader.download_cifar10
+    real_download = DataReader.download_dataset
     calls = []
 
     # The CLI asks for the official MD5 (checked below); our look-alike archive needs its own.
-    def download_with_test_md5(data_dir, url, *args, **kwargs):
-        calls.append((data_dir, url, args, kwargs))
-        return real_download(data_dir, url, md5, progress=False)
+    def download_with_test_md5(data_dir, dataset, url, *args, **kwargs):
+        calls.append((data_dir, dataset, url, args, kwargs))
+        return real_download(data_dir, dataset, url, md5, progress=False)
 
-    monkeypatch.setattr(DataReader, "download_cifar10", download_with_test_md5)
+    monkeypatch.setattr(DataReader, "download_dataset", download_with_test_md5)
     data_dir, modeldir = tmp_path / "data", tmp_path / "model"
     rc = cli.main(_train_args(data_dir, modeldir, url))
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert calls == [(str(data_dir), url, (PUBLISHED_MD5,), {})]
+    assert calls == [(str(data_dir), "cifar10", url, (PUBLISHED_MD5,), {})]
     assert url in captured.err  # it says what it fetches
     assert DataReader.has_cifar10(str(data_dir))
     assert os.path.isfile(modeldir / "model-1.ckpt")

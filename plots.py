@@ -1,0 +1,217 @@
+"""Training curves: ``<modeldir>/curves.png`` drawn from ``<modeldir>/metrics.csv``.
+
+Two panels: loss against epoch and accuracy (in percent) against epoch, train and validation
+(validation only where the run had some), with a dashed line where the learning rate changes,
+labelled with the new rate. matplotlib is an optional extra, imported only when drawing: without
+it ``MatplotlibMissing`` says how to install it. Drawing goes through matplotlib's object-oriented
+API (``Figure`` + the Agg canvas), so pyplot's global state and the interactive backend are
+never touched.
+"""
+import contextlib
+import csv
+import math
+import os
+
+METRICS = "metrics.csv"
+CURVES = "curves.png"
+# The header records.py writes. Accuracies are fractions in [0, 1]; valid_* are empty cells
+# when the run has no validation.
+COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds",
+           "images_per_second")
+OPTIONAL = ("valid_loss", "valid_acc")
+FIGSIZE = (11, 4)  # inches: two panels side by side
+DPI = 100  # so the picture is 1100 x 400 pixels
+INSTALL_HINT = "pip install matplotlib (or pip install -r requirements-dev.txt)"
+
+
+class PlotError(ValueError):
+    """A metrics file that cannot be drawn, or a picture that cannot be written; one sentence."""
+
+
+class MatplotlibMissing(PlotError):
+    """matplotlib, an optional extra, cannot be imported."""
+
+
+def matplotlib_available() -> bool:
+    """Whether matplotlib and the parts draw_curves uses import, i.e. whether it can draw."""
+    try:
+        _matplotlib()
+    except MatplotlibMissing:
+        return False
+    return True
+
+
+def _matplotlib():
+    """(Figure, FigureCanvasAgg), or MatplotlibMissing with how to install matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MatplotlibMissing(f"drawing curves needs matplotlib, an optional extra that is not "
+                                f"installed; install it: {INSTALL_HINT}.") from None
+    try:  # a broken install (a missing dependency, say) fails here
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise MatplotlibMissing(f"matplotlib is installed but does not import ({e}); reinstall "
+                                f"it: {INSTALL_HINT}.") from None
+    return Figure, FigureCanvasAgg
+
+
+# --------------------------------------------------------------------------------------------
+# Reading metrics.csv
+
+def _number(path: str, line: int, column: str, cell: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        raise PlotError(f"{path}, line {line}: {column} is {cell!r}, not a number; the file is "
+                        f"damaged, and training with --resume rewrites it from the checkpoints."
+                        ) from None
+
+
+def _parse_row(path: str, line: int, row: dict) -> dict:
+    if None in row or any(row[c] is None for c in COLUMNS):  # too many or too few cells
+        raise PlotError(f"{path}, line {line}: expected {len(COLUMNS)} cells; the file is damaged, "
+                        f"and training with --resume rewrites it from the checkpoints.")
+    values = {}
+    for column in COLUMNS:
+        cell = row[column].strip()
+        if column in OPTIONAL and cell == "":
+            values[column] = None  # no validation this epoch
+        else:
+            values[column] = _number(path, line, column, cell)
+    epoch = values["epoch"]
+    if not (epoch.is_integer() and epoch >= 1):
+        raise PlotError(f"{path}, line {line}: epoch is {row['epoch']!r}, not a positive whole "
+                        f"number; the file is damaged, and training with --resume rewrites it.")
+    values["epoch"] = int(epoch)
+    for column in ("train_acc", "valid_acc"):
+        acc = values[column]
+        if acc is not None and math.isfinite(acc) and not 0 <= acc <= 1:
+            raise PlotError(f"{path}, line {line}: {column} is {acc:g}, outside [0, 1] (accuracies "
+                            f"are fractions); the file is damaged or not this trainer's.")
+    return values
+
+
+def read_metrics(path: str) -> list:
+    """The rows of a metrics.csv, oldest first: one dict per epoch with the keys of COLUMNS.
+
+    ``epoch`` is an int, the rest floats; ``valid_loss`` and ``valid_acc`` are None where the run
+    had no validation. A missing, empty, unreadable or damaged file is a PlotError naming it.
+    """
+    if not os.path.exists(path):
+        raise PlotError(f"{os.path.dirname(path) or '.'} holds no {os.path.basename(path)}; train "
+                        f"first (python main.py --mode train), or pass the --modeldir of a "
+                        f"trained run.")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames
+            if header is None:
+                raise PlotError(f"{path} is empty; it gets its header when training starts, so "
+                                f"train first or pass the --modeldir of a trained run.")
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                raise PlotError(f"{path} lacks the column(s) {', '.join(missing)}; it is not a "
+                                f"metrics.csv of this trainer (whose header is "
+                                f"{','.join(COLUMNS)}).")
+            rows = [_parse_row(path, reader.line_num, row) for row in reader]
+    except OSError as e:
+        raise PlotError(f"cannot read {path} ({e.strerror}); check the file and its "
+                        f"permissions.") from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PlotError(f"{path} is not a readable CSV file ({e}); the file is damaged, and "
+                        f"training with --resume rewrites it from the checkpoints.") from None
+    if not rows:
+        raise PlotError(f"{path} holds no finished epoch yet; draw the curves once the first "
+                        f"epoch has ended.")
+    for before, row in zip(rows, rows[1:]):
+        if row["epoch"] <= before["epoch"]:
+            raise PlotError(f"{path}: epoch {row['epoch']} comes after epoch {before['epoch']}; "
+                            f"the file is damaged, and training with --resume rewrites it.")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing
+
+def lr_changes(rows: list) -> list:
+    """[(epoch, lr)]: each epoch whose learning rate differs from the one before, and its rate."""
+    return [(row["epoch"], row["lr"]) for before, row in zip(rows, rows[1:])
+            if not math.isclose(row["lr"], before["lr"], rel_tol=1e-6)]
+
+
+def _series(rows: list, column: str, scale: float = 1.0) -> list:
+    return [math.nan if row[column] is None else scale * row[column] for row in rows]
+
+
+def _title(name: str, rows: list) -> str:
+    epochs = f"{len(rows)} epoch" + ("s" if len(rows) != 1 else "")
+    validated = [row for row in rows if row["valid_acc"] is not None]
+    if validated:
+        best = max(validated, key=lambda row: row["valid_acc"])  # the first of equals
+        return (f"{name}: {epochs}, best validation accuracy {100 * best['valid_acc']:.2f}% "
+                f"(epoch {best['epoch']})")
+    return (f"{name}: {epochs}, no validation, final training accuracy "
+            f"{100 * rows[-1]['train_acc']:.2f}%")
+
+
+def curves_figure(rows: list, name: str):
+    """The two-panel matplotlib Figure of read_metrics' rows; ``name`` goes into the title."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_axes, acc_axes = figure.subplots(1, 2)
+    epochs = [row["epoch"] for row in rows]
+    marker = "o" if len(rows) <= 30 else None  # single points stay visible in short runs
+    has_valid = any(row["valid_loss"] is not None or row["valid_acc"] is not None for row in rows)
+
+    for axes, column, scale, ylabel in ((loss_axes, "loss", 1.0, "loss (cross-entropy)"),
+                                        (acc_axes, "acc", 100.0, "accuracy (%)")):
+        axes.plot(epochs, _series(rows, f"train_{column}", scale), marker=marker, markersize=3,
+                  label="train")
+        if has_valid:
+            axes.plot(epochs, _series(rows, f"valid_{column}", scale), marker=marker,
+                      markersize=3, label="validation")
+        for epoch, lr in lr_changes(rows):
+            x = epoch - 0.5  # between the last epoch at the old rate and the first at the new
+            axes.axvline(x, linestyle="--", linewidth=0.8, color="0.5")
+            axes.text(x, 0.98, f"lr {lr:g} ", transform=axes.get_xaxis_transform(), rotation=90,
+                      ha="right", va="top", fontsize=8, color="0.35",
+                      bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 1})
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(loc="best")
+    figure.suptitle(_title(name, rows))
+    return figure
+
+
+def draw_curves(modeldir: str) -> str:
+    """Draw ``<modeldir>/curves.png`` from ``<modeldir>/metrics.csv``; return its path.
+
+    The picture is written to a temporary file in modeldir and renamed, so curves.png is always
+    a whole picture. MatplotlibMissing without matplotlib; PlotError for a missing or damaged
+    metrics.csv or a picture that cannot be written.
+    """
+    _matplotlib()  # the missing extra is named before anything else
+    rows = read_metrics(os.path.join(modeldir, METRICS))
+    name = os.path.basename(os.path.abspath(modeldir))
+    figure = curves_figure(rows, name)
+    path = os.path.join(modeldir, CURVES)
+    # The name checkpoints.py gives its temporaries, so a killed run's leftover can be recognised.
+    tmp = os.path.join(modeldir, f".{CURVES}.tmp-{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            figure.savefig(f, format="png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise PlotError(f"cannot write {path} ({e.strerror}); free some space, or make sure "
+                            f"{path} is not a folder and the folder is writable.") from None
+        raise
+    return path

@@ -1,0 +1,93 @@
+"""The test report: a table of checkpoints, then per-class accuracy and the confusion matrix of the
+best of them, as text for the terminal and as a dict for ``--json``.
+
+Every function here is pure: it takes predictions and labels (numpy arrays) and returns numbers or
+text, so the report can be checked against a case computed by hand.
+"""
+import json
+
+import numpy as np
+
+import checkpoints
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts: row = true class, column = predicted class."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels, np.int64), np.asarray(predictions, np.int64)), 1)
+    return counts
+
+
+def per_class(confusion: np.ndarray):
+    """[(images, accuracy or None when the class has no images)] for each class."""
+    images = confusion.sum(axis=1)
+    return [(int(n), float(confusion[k, k] / n) if n else None) for k, n in enumerate(images)]
+
+
+def class_labels(names, num_classes: int) -> list:
+    """The class names, or the class numbers as text when there are no names (or not as many)."""
+    if names is not None and len(names) == num_classes:
+        return list(names)
+    return [str(k) for k in range(num_classes)]
+
+
+def build(results: list, labels: np.ndarray, names, num_classes: int, set_name: str) -> dict:
+    """The whole report as plain types. ``results``: Model.evaluate_checkpoints' list."""
+    best = max(results, key=lambda r: r["accuracy"])  # the first of equals
+    confusion = confusion_matrix(labels, best["predictions"], num_classes)
+    classes = class_labels(names, num_classes)
+    return {
+        "set": set_name,
+        "checkpoints": [{k: r[k] for k in ("checkpoint", "epoch", "accuracy", "loss", "images")}
+                        for r in results],
+        "best": best["checkpoint"],
+        "classes": classes,
+        "per_class": [{"class": k, "name": classes[k], "images": n, "accuracy": acc}
+                      for k, (n, acc) in enumerate(per_class(confusion))],
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+MAX_PRINTED_MATRIX = 20  # classes; a larger matrix (CIFAR-100) goes to --json only
+
+
+def format_text(report: dict) -> str:
+    """The report for the terminal: aligned columns, one block after another."""
+    rows = report["checkpoints"]
+    width = max(len("checkpoint"), *(len(r["checkpoint"]) for r in rows))
+    lines = [f"{'checkpoint':<{width}}  epoch  {report['set'] + ' acc':>9}  {'loss':>7}  images"]
+    for r in rows:
+        lines.append(f"{r['checkpoint']:<{width}}  {r['epoch']:>5}  {_percent(r['accuracy']):>9}  "
+                     f"{r['loss']:>7.4f}  {r['images']:>6}")
+
+    names = report["classes"]
+    name_width = max(len(n) for n in names)
+    lines += ["", f"per class, {report['best']}:"]
+    for entry in report["per_class"]:
+        lines.append(f"  {entry['name']:<{name_width}}  {_percent(entry['accuracy']):>7}  "
+                     f"({entry['images']} images)")
+
+    matrix = report["confusion_matrix"]
+    if len(matrix) > MAX_PRINTED_MATRIX:
+        lines += ["", f"confusion matrix of {report['best']}: {len(matrix)} x {len(matrix)}, "
+                      f"written with --json PATH"]
+        return "\n".join(lines)
+    cell = max(len(str(len(matrix) - 1)), *(len(str(v)) for row in matrix for v in row))
+    index_width = len(str(len(matrix) - 1))
+    label_width = index_width + 1 + name_width
+    lines += ["", f"confusion matrix of {report['best']} (rows: true class, columns: predicted)",
+              " " * (label_width + 2) + " ".join(f"{k:>{cell}}" for k in range(len(matrix)))]
+    for k, row in enumerate(matrix):
+        label = f"{k:>{index_width}} {names[k]:<{name_width}}"
+        lines.append(f"{label}  " + " ".join(f"{v:>{cell}}" for v in row))
+    return "\n".join(lines)
+
+
+def write_json(report: dict, path: str) -> None:
+    """Write the report to path atomically (CheckpointError naming --json if it cannot be)."""
+    text = json.dumps(report, indent=2) + "\n"
+    checkpoints.atomic_save(text, path, writer=lambda t, f: f.write(t.encode()), flag="--json")
