@@ -336,3 +336,17 @@ def test_tensorboard_without_the_package_stops_before_training(trained, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install tensorboard" in err[0]
     assert not os.path.exists(modeldir) and not os.path.exists(tmp_path / "tb")
+
+
+def test_predict_to_csv_writes_the_argmax_of_the_probabilities(trained, tmp_path):
+    data_dir, modeldir, flags = trained
+    private = str(tmp_path / "p.npy")
+    np.save(private, np.random.default_rng(4).integers(0, 256, (7, 32, 32, 3)).astype(np.uint8))
+    npy, csv_path = str(tmp_path / "p_out.npy"), str(tmp_path / "p_out.csv")
+    for out in (npy, csv_path):
+        assert main.main(flags + ["--mode", "predict", "--checkpoint", "3", "--private_data",
+                                  private, "--output", out]) == 0
+    header, rows = read_rows(csv_path)
+    assert header == ["id", "label"]
+    assert [int(r[0]) for r in rows] == list(range(7))
+    assert [int(r[1]) for r in rows] == np.load(npy).argmax(axis=1).tolist()
