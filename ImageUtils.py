@@ -108,10 +108,25 @@ def crop_flip_batch(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
     return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def channel_stats(rows: np.ndarray):
+    """(N, 3072) rows in [0, 255] -> (mean, std), each (3,) float32: every channel's mean and
+    (population) deviation over all images and pixels, for ``--normalize dataset``."""
+    planes = np.asarray(rows).reshape(len(rows), 3, SIZE * SIZE)
+    mean = planes.mean(axis=(0, 2), dtype=np.float64)
+    std = np.sqrt(((planes - mean[None, :, None]) ** 2).mean(axis=(0, 2)))
+    return mean.astype(np.float32), np.maximum(std, MIN_STD).astype(np.float32)
+
+
+def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 32, 32) -> float32, each channel shifted by mean[c] and divided by std[c]."""
+    return (x.float() - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
 def preprocess_batch(x: torch.Tensor, training: bool, offsets: torch.Tensor = None,
                      flips: torch.Tensor = None, pad_mode: str = "constant",
-                     generator: torch.Generator = None) -> torch.Tensor:
-    """(B, 3, 32, 32) uint8 or float in [0, 255] -> (B, 3, 32, 32) float32, standardized.
+                     generator: torch.Generator = None, mean_std=None) -> torch.Tensor:
+    """(B, 3, 32, 32) uint8 or float in [0, 255] -> (B, 3, 32, 32) float32, standardized: each
+    image by itself, or by the data set's channel statistics ``mean_std`` (two (3,) tensors).
 
     When training, images are cropped and flipped by ``offsets`` and ``flips`` (on x's device), or by
     fresh draws from ``generator`` when those are not given.
@@ -121,4 +136,4 @@ def preprocess_batch(x: torch.Tensor, training: bool, offsets: torch.Tensor = No
             offsets, flips = draw_batch_crop_flip(x.shape[0], generator)
             offsets, flips = offsets.to(x.device), flips.to(x.device)
         x = crop_flip_batch(x, offsets, flips, pad_mode)
-    return standardize_batch(x)
+    return standardize_batch(x) if mean_std is None else normalize_batch(x, *mean_std)

@@ -24,10 +24,11 @@ from tqdm import tqdm
 import ImageUtils
 import checkpoints
 import records
+import reports
 from checkpoints import (BEST, INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
                          read_checkpoint)
 from DataReader import fingerprint
-from NetWork import ResNet, depth_of
+from NetWork import build_network, depth_of
 from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config, ConfigError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -107,6 +108,10 @@ def batch_slices(n: int, batch_size: int, rank: int = 0, world_size: int = 1):
 # Run descriptions
 
 def describe(config_dict: dict) -> str:
+    network = config_dict.get("network", "resnet")
+    if network != "resnet":
+        return {"resnet18": "ResNet-18 (for 32x32 images)"}.get(network, str(network)) + \
+            (" with batch norm" if config_dict.get("batch_norm") and network != "resnet18" else "")
     v, n = config_dict.get("resnet_version"), config_dict.get("resnet_size")
     try:
         return f"ResNet-{depth_of(v, n)} v{v} (resnet_size {n})"
@@ -207,8 +212,10 @@ class MyModel:
         self.log = log
         self.device = select_device(config.device)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
-        self.network = ResNet(config.resnet_version, config.resnet_size, config.num_classes,
-                              config.first_num_filters)
+        self.network = build_network(config.network, config.resnet_version, config.resnet_size,
+                                     config.num_classes, config.first_num_filters,
+                                     batch_norm=config.batch_norm, downsample=config.downsample,
+                                     shortcut=config.shortcut, activation=config.activation)
         self.channels_last = config.channels_last != "off"
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.network.to(self.device, memory_format=self.memory_format)
@@ -222,6 +229,7 @@ class MyModel:
         self.forward_net = torch.compile(self.network) if config.compile else self.network
         self.history = []
         self.epoch = 0
+        self.mean_std = None  # --normalize dataset: the training split's channel (mean, std)
         self.epoch_callbacks = []  # each called with an epoch's metrics once it is recorded
 
     def _amp_dtype(self):
@@ -238,7 +246,8 @@ class MyModel:
                               enabled=self.amp_dtype is not None)
 
     def _images(self, x: torch.Tensor, training: bool, offsets=None, flips=None) -> torch.Tensor:
-        x = ImageUtils.preprocess_batch(x, training, offsets, flips, self.config.pad_mode)
+        x = ImageUtils.preprocess_batch(x, training, offsets, flips, self.config.pad_mode,
+                                        mean_std=self.mean_std)
         return x.contiguous(memory_format=self.memory_format)
 
     # ---------------------------------------------------------------- checkpoints
@@ -256,6 +265,8 @@ class MyModel:
             "rng": checkpoints.capture_rng_states(),
             "metrics": list(self.history),
             "partial": dict(partial),
+            "normalization": None if self.mean_std is None else
+            {"mean": self.mean_std[0].cpu(), "std": self.mean_std[1].cpu()},
         }
 
     def _check_fit(self, ckpt: dict, path: str, for_resume: bool = False) -> None:
@@ -286,7 +297,18 @@ class MyModel:
         ckpt = read_checkpoint(path)
         self._check_fit(ckpt, path)
         self.network.load_state_dict(ckpt["model"])
+        self._restore_normalization(ckpt, path)
         return ckpt
+
+    def _restore_normalization(self, ckpt: dict, path: str) -> None:
+        saved = ckpt.get("normalization")
+        if self.config.normalize != "dataset":
+            self.mean_std = None
+        elif saved is None:
+            raise CheckpointError(f"{path} holds no channel statistics, so it cannot be used with "
+                                  f"--normalize dataset.")
+        else:
+            self.mean_std = (saved["mean"].to(self.device), saved["std"].to(self.device))
 
     def _resume_source(self, resume):
         """(path, checkpoint) to resume from; (None, None) when "latest" finds none."""
@@ -325,6 +347,7 @@ class MyModel:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self._restore_scaler(ckpt["scaler"])
             checkpoints.restore_rng_states(ckpt["rng"])
+            self._restore_normalization(ckpt, path)
         except (RuntimeError, ValueError, TypeError, KeyError) as e:  # what the checks cannot see
             raise CheckpointError(f"{path} could not be restored ({e}); resume from another "
                                   f"checkpoint with --resume N.") from None
@@ -407,6 +430,10 @@ class MyModel:
         records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
             "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
             "train_images": len(x_train), "valid_images": 0 if x_valid is None else len(x_valid)})
+        if cfg.normalize == "dataset" and self.mean_std is None:  # once, from the training split
+            mean, std = ImageUtils.channel_stats(x_train)
+            self.mean_std = (torch.from_numpy(mean).to(self.device),
+                             torch.from_numpy(std).to(self.device))
         metrics_file = records.MetricsFile(cfg.modeldir)
         metrics_file.start(self.history)
         pause_at = _pause_point()
@@ -482,9 +509,9 @@ class MyModel:
 
             with self._autocast():
                 logits = self.forward_net(x)
-                loss = F.cross_entropy(logits, y)
+                objective, loss = self.objective(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(objective).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
@@ -513,6 +540,15 @@ class MyModel:
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
                 "train_acc": correct.item() / max(seen, 1), "seconds": seconds + elapsed,
                 "images_per_second": rate}
+
+    def objective(self, logits: torch.Tensor, y: torch.Tensor):
+        """(what training minimizes, the cross-entropy it reports): the cross-entropy plus, with
+        --l1, l1 times the sum of |w| over all parameters (weight decay is the optimizer's)."""
+        loss = F.cross_entropy(logits, y)
+        if not self.config.l1:
+            return loss, loss
+        penalty = sum(p.abs().sum() for p in self.network.parameters())
+        return loss + self.config.l1 * penalty, loss
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
         if not math.isfinite(loss_sum.item()):
@@ -589,8 +625,10 @@ class MyModel:
         for num in checkpoint_list:
             ckpt = self.load(num)
             s = self.scores(x, y)
+            magnitudes = torch.cat([p.detach().abs().flatten() for p in self.network.parameters()])
             results.append({"checkpoint": os.path.basename(self.checkpoint_file(num)),
                             "epoch": ckpt["epoch"],
+                            "weights": reports.weight_summary(magnitudes.cpu().numpy()),
                             "accuracy": float((s["predictions"] == np.asarray(y)).mean()),
                             "loss": float(s["losses"].mean()), "images": len(y),
                             "predictions": s["predictions"]})

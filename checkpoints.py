@@ -43,7 +43,9 @@ _CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
 _TMP_MARK = ".tmp-"
 _RNG_KEYS = ("python", "numpy", "torch")
 # Config keys added after checkpoints were first written, with the value those checkpoints meant.
-LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine"}
+LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet", "batch_norm": False,
+                 "downsample": "b", "shortcut": "projection", "activation": "relu",
+                 "normalize": "per_image", "l1": 0.0}
 
 
 class CheckpointError(RuntimeError):
@@ -306,6 +308,12 @@ def _structure_problem(ckpt, for_resume: bool):
     for name, value in model.items():
         if not isinstance(name, str) or not isinstance(value, torch.Tensor):
             return f"'model' entry {_shown(name)} is not a named tensor"
+    norm = ckpt.get("normalization")
+    if norm is not None and not (isinstance(norm, dict) and all(
+            isinstance(norm.get(k), torch.Tensor) and norm[k].shape == (3,)
+            and norm[k].is_floating_point() and bool(torch.isfinite(norm[k]).all())
+            for k in ("mean", "std")) and bool((norm["std"] > 0).all())):
+        return "'normalization' must hold finite channel means and positive deviations"
     if not for_resume:
         return None
     if not _is_int(ckpt["step"]) or ckpt["step"] < 0:

@@ -20,6 +20,7 @@ OFFICIAL_MD5S = {"cifar10": CIFAR10_MD5, "cifar100": CIFAR100_MD5}
 # Classes of each (dataset, label_mode): CIFAR-100 labels each image with one of 100 fine classes
 # and one of 20 coarse superclasses; CIFAR-10 has only its 10.
 CLASS_COUNTS = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
+NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn")
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
 
 
@@ -34,6 +35,9 @@ def _opt(default, help_text, **kwargs):
 @dataclass
 class Config:
     # --- network (He et al. 2016, Sec. 4.2) ---
+    network: str = _opt("resnet", "resnet (the ResNets below), resnet18 (ResNet-18 for 32x32), or the "
+                                  "course baselines simple_nn (LeNet-style) and simple_cnn",
+                        choices=NETWORKS)
     resnet_version: int = _opt(1, "1: standard blocks (ResNet v1); 2: pre-activation bottlenecks (v2)",
                                choices=(1, 2))
     resnet_size: int = _opt(3, "blocks per stack n: depth 6n+2 for v1 (3 -> ResNet-20), 9n+2 for v2 "
@@ -41,12 +45,28 @@ class Config:
     first_num_filters: int = _opt(16, "filters of the first stack; doubled at each later stack (paper: 16)")
     num_classes: int = _opt(0, "number of classes; 0: from the data set (10 for CIFAR-10, 100 for "
                                "CIFAR-100 fine, 20 coarse)")
+    batch_norm: bool = _opt(False, "simple_nn/simple_cnn: batch norm after each convolution")
+    downsample: str = _opt("b", "where a ResNet block downsamples: a (stride on the bottleneck's first "
+                                "1x1, original paper), b (on the 3x3), d (b, and a 2x2 average pool "
+                                "before the projection shortcut)", choices=("a", "b", "d"))
+    shortcut: str = _opt("projection", "ResNet shortcut where the shape changes: projection (1x1 "
+                                       "conv, course skeleton) or pad (the paper's option A: "
+                                       "subsample and zero-pad, no parameters)",
+                         choices=("projection", "pad"))
+    activation: str = _opt("relu", "relu, or swish (x * sigmoid(x), Ramachandran et al. 2017)",
+                           choices=("relu", "swish"))
+    normalize: str = _opt("per_image", "input standardization: per_image (each image by its own "
+                                       "mean and deviation, course skeleton) or dataset (channel "
+                                       "means and deviations of the training split)",
+                          choices=("per_image", "dataset"))
 
     # --- optimization (paper Sec. 4.2; weight decay as in the course skeleton) ---
     batch_size: int = _opt(128, "images per training step (paper: 128)")
     learning_rate: float = _opt(0.1, "initial SGD learning rate (paper: 0.1)")
     momentum: float = _opt(0.9, "SGD momentum (paper: 0.9)")
     weight_decay: float = _opt(2e-4, "L2 weight decay (course skeleton: 2e-4; paper: 1e-4)")
+    l1: float = _opt(0.0, "L1 penalty: this times the sum of |w| over all parameters is added to the "
+                          "training loss (0: none)")
     lr_decay_epochs: Tuple[int, ...] = _opt((100, 150), "epochs after which the learning rate is "
                                             "multiplied by lr_decay_factor (paper: 32k and 48k "
                                             "iterations, about 91 and 137 epochs)", nargs="*")
@@ -120,7 +140,7 @@ class Config:
                 self.num_classes < 2:
             raise ConfigError(f"--num_classes must be at least 2 (or 0 to follow the data set), "
                               f"not {self.num_classes}.")
-        for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor"):
+        for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -129,6 +149,11 @@ class Config:
             raise ConfigError(f"--momentum must be in [0, 1), not {self.momentum}.")
         if not self.weight_decay >= 0:
             raise ConfigError(f"--weight_decay must be zero or positive, not {self.weight_decay}.")
+        if not self.l1 >= 0:
+            raise ConfigError(f"--l1 must be zero or positive, not {self.l1}.")
+        if self.downsample == "d" and self.shortcut == "pad":
+            raise ConfigError("--downsample d pools before a projection shortcut, and --shortcut pad "
+                              "has none; use --downsample a or b with --shortcut pad.")
         if not 0 < self.lr_decay_factor <= 1:
             raise ConfigError(f"--lr_decay_factor must be in (0, 1], not {self.lr_decay_factor}.")
         decay = list(self.lr_decay_epochs)
@@ -158,11 +183,13 @@ class Config:
 # Keys that define what a run computes; resuming with any of them changed is refused.
 # max_epoch and save_interval may change (to extend a run), as may the hardware settings.
 RUN_DEFINING_KEYS: List[str] = [
-    "resnet_version", "resnet_size", "first_num_filters", "num_classes", "dataset", "label_mode",
-    "batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay_epochs", "lr_decay_factor",
-    "seed", "split_index", "train_all", "pad_mode",
+    "network", "resnet_version", "resnet_size", "first_num_filters", "num_classes", "batch_norm",
+    "downsample", "shortcut", "activation", "normalize", "dataset", "label_mode",
+    "batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_decay_epochs",
+    "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
 ]
 # The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or
 # resume when any of these differ.
-ARCHITECTURE_KEYS: List[str] = ["resnet_version", "resnet_size", "first_num_filters", "num_classes",
-                                "dataset", "label_mode"]
+ARCHITECTURE_KEYS: List[str] = ["network", "resnet_version", "resnet_size", "first_num_filters",
+                                "num_classes", "batch_norm", "downsample", "shortcut", "activation",
+                                "normalize", "dataset", "label_mode"]

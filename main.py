@@ -33,6 +33,7 @@ import Model
 import checkpoints
 import plots
 import reports
+import sweep
 import tensorboard_log
 from configure import ARCHITECTURE_KEYS, Config, ConfigError
 
@@ -42,9 +43,9 @@ if __name__ == "__main__":
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 # Flags that mean something in one mode only; given in another they are refused, not ignored.
-MODE_FLAGS = {"resume": "train", "overwrite": "train", "checkpoints": "test", "eval_set": "test",
-              "json": "test", "checkpoint": "predict", "private_data": "predict",
-              "output": "predict"}
+MODE_FLAGS = {"resume": ("train", "sweep"), "overwrite": ("train", "sweep"), "sweep": ("sweep",),
+              "checkpoints": ("test",), "eval_set": ("test",), "json": ("test",),
+              "checkpoint": ("predict",), "private_data": ("predict",), "output": ("predict",)}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -81,9 +82,14 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         description="ResNets on CIFAR-10: train, test checkpoints, predict a private set.",
         formatter_class=_HelpFormatter)
     run = parser.add_argument_group("what to do")
-    run.add_argument("--mode", choices=("train", "test", "predict", "plot"), default="train",
-                     help="train a network, test saved checkpoints, predict a private set, or "
-                          "plot <modeldir>/curves.png from its metrics.csv")
+    run.add_argument("--mode", choices=("train", "test", "predict", "plot", "sweep"),
+                     default="train",
+                     help="train a network, test saved checkpoints, predict a private set, plot "
+                          "<modeldir>/curves.png from its metrics.csv, or train once per value "
+                          "of --sweep")
+    run.add_argument("--sweep", nargs="+", action="append", metavar="KEY_OR_VALUE",
+                     help="sweep: a configuration key and its values, e.g. --sweep learning_rate "
+                          "0.1 0.01; give it twice for a grid")
     run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="N",
                      type=_resume_value,
                      help="train: continue from checkpoint N, or from the newest valid one in "
@@ -154,16 +160,16 @@ def _load(config: Config):
                                 config.label_mode)
 
 
-def _check_modeldir(config: Config, args) -> None:
+def _check_modeldir(config: Config, resume, overwrite: bool) -> None:
     """What can be refused about --modeldir before any data is read."""
     modeldir = config.modeldir
     if os.path.exists(modeldir) and not os.path.isdir(modeldir):
         raise checkpoints.CheckpointError(f"--modeldir {modeldir} is a file, not a folder; choose "
                                     f"another --modeldir.")
-    if isinstance(args.resume, int) and not os.path.isdir(modeldir):
+    if isinstance(resume, int) and not os.path.isdir(modeldir):
         raise checkpoints.CheckpointError(f"--modeldir {modeldir} does not exist, so there is no "
-                                    f"checkpoint {args.resume} to resume from; check --modeldir.")
-    if args.resume is None and not args.overwrite:  # --overwrite deletes only once training starts
+                                          f"checkpoint {resume} to resume from; check --modeldir.")
+    if resume is None and not overwrite:  # --overwrite deletes only once training starts
         checkpoints.check_fresh_start(modeldir, overwrite=False)
 
 
@@ -191,6 +197,13 @@ class _TensorBoard:
 
 def run_train(config: Config, args) -> int:
     _announce(config)
+    train_run(config, args.resume, bool(args.overwrite))
+    return 0
+
+
+def train_run(config: Config, resume=None, overwrite: bool = False) -> list:
+    """One training run as the command line makes it (lock, checks, data, training, curves);
+    return its metrics, one dict per epoch."""
     with contextlib.ExitStack() as held:
         if config.tensorboard:  # an optional extra: checked before anything else happens
             tensorboard_log.require_tensorboard()
@@ -198,9 +211,9 @@ def run_train(config: Config, args) -> int:
         # so a second run is refused at once; a new one is made only once the data proved usable.
         if os.path.isdir(config.modeldir):
             held.enter_context(checkpoints.RunLock(config.modeldir))
-        _check_modeldir(config, args)
-        if args.resume is not None and os.path.isdir(config.modeldir):  # before any download
-            Model.MyModel(config, log=lambda *a: None).check_resumable(args.resume)
+        _check_modeldir(config, resume, overwrite)
+        if resume is not None and os.path.isdir(config.modeldir):  # before any download
+            Model.MyModel(config, log=lambda *a: None).check_resumable(resume)
         _ensure_data(config)
         x_train, y_train, _, _ = _load(config)
         x_valid = y_valid = None
@@ -217,14 +230,14 @@ def run_train(config: Config, args) -> int:
               + f", device {model.device}", flush=True)
         if config.tensorboard:
             model.epoch_callbacks.append(_TensorBoard(config.tensorboard, held))
-        model.train(x_train, y_train, x_valid, y_valid, resume=args.resume,
-                    overwrite=bool(args.overwrite))
+        history = model.train(x_train, y_train, x_valid, y_valid, resume=resume,
+                              overwrite=overwrite)
     if plots.matplotlib_available():  # the picture is a bonus: without matplotlib, no curves.png
         try:
             print(f"wrote {plots.draw_curves(config.modeldir)}")
         except plots.PlotError as e:
             print(f"warning: no curves: {e}", file=sys.stderr)
-    return 0
+    return history
 
 
 def _network_name(config: Config) -> str:
@@ -343,6 +356,16 @@ def run_predict(config: Config, args) -> int:
     return 0
 
 
+def run_sweep(config: Config, args) -> int:
+    sweeps = sweep.parse(args.sweep)
+    _announce(config)
+    rows = sweep.run(config, sweeps, resume=args.resume is not None,
+                     overwrite=bool(args.overwrite), train=train_run)
+    print(sweep.format_table([k for k, _ in sweeps], rows))
+    print(f"wrote {os.path.join(config.modeldir, sweep.SWEEP_CSV)}")
+    return 0
+
+
 def run_plot(config: Config, args) -> int:
     _announce(config)
     try:
@@ -354,10 +377,13 @@ def run_plot(config: Config, args) -> int:
 
 
 def _check_mode_flags(args) -> None:
-    for name, mode in MODE_FLAGS.items():
-        if getattr(args, name) is not None and args.mode != mode:
-            raise ConfigError(f"--{name} applies to --mode {mode} only; drop it or use "
-                              f"--mode {mode}.")
+    for name, modes in MODE_FLAGS.items():
+        if getattr(args, name) is not None and args.mode not in modes:
+            raise ConfigError(f"--{name} applies to --mode {' or '.join(modes)} only; drop it or "
+                              f"use --mode {modes[0]}.")
+    if args.mode == "sweep" and not args.sweep:
+        raise ConfigError("--mode sweep needs --sweep KEY VALUE [VALUE ...], for example "
+                          "--sweep learning_rate 0.1 0.01.")
 
 
 def main(argv=None) -> int:
@@ -370,7 +396,8 @@ def main(argv=None) -> int:
         _check_mode_flags(args)
         config.validate()
         Model.select_device(config.device)  # fail before any download or data loading
-        modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot}
+        modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot,
+                 "sweep": run_sweep}
         return modes[args.mode](config, args)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")

@@ -24,6 +24,35 @@ def per_class(confusion: np.ndarray):
     return [(int(n), float(confusion[k, k] / n) if n else None) for k, n in enumerate(images)]
 
 
+DECADES = (1e-4, 1e-3, 1e-2, 1e-1)  # edges of the weight histogram, |w|
+
+
+def weight_summary(magnitudes: np.ndarray) -> dict:
+    """|w| of every parameter -> the share below 1e-3 and 1e-2 and counts per decade of |w|
+    (what L1 against L2 changes: L1 drives many weights to zero)."""
+    magnitudes = np.asarray(magnitudes, dtype=np.float64).ravel()
+    n = len(magnitudes)
+    edges = (0.0,) + DECADES + (float("inf"),)
+    counts = [int(((magnitudes >= lo) & (magnitudes < hi)).sum()) for lo, hi in zip(edges, edges[1:])]
+    return {"parameters": n,
+            "below_1e-3": float((magnitudes < 1e-3).mean()) if n else 0.0,
+            "below_1e-2": float((magnitudes < 1e-2).mean()) if n else 0.0,
+            "histogram": [{"from": lo, "to": hi if hi != float("inf") else None, "count": c}
+                          for lo, hi, c in zip(edges, edges[1:], counts)]}
+
+
+def format_weights(summary: dict, bar: int = 40) -> list:
+    """The weight summary as lines: the two shares, then a bar per decade of |w|."""
+    lines = [f"weights: {summary['parameters']:,} parameters, "
+             f"{100 * summary['below_1e-3']:.1f}% with |w| < 1e-3, "
+             f"{100 * summary['below_1e-2']:.1f}% with |w| < 1e-2"]
+    top = max([b["count"] for b in summary["histogram"]] + [1])
+    for b in summary["histogram"]:
+        span = f"|w| >= {b['from']:g}" if b["to"] is None else f"{b['from']:g} <= |w| < {b['to']:g}"
+        lines.append(f"  {span:<22} {'#' * round(bar * b['count'] / top):<{bar}} {b['count']:,}")
+    return lines
+
+
 def class_labels(names, num_classes: int) -> list:
     """The class names, or the class numbers as text when there are no names (or not as many)."""
     if names is not None and len(names) == num_classes:
@@ -45,6 +74,7 @@ def build(results: list, labels: np.ndarray, names, num_classes: int, set_name: 
         "per_class": [{"class": k, "name": classes[k], "images": n, "accuracy": acc}
                       for k, (n, acc) in enumerate(per_class(confusion))],
         "confusion_matrix": confusion.tolist(),
+        "weights": best.get("weights"),
     }
 
 
@@ -70,6 +100,10 @@ def format_text(report: dict) -> str:
     for entry in report["per_class"]:
         lines.append(f"  {entry['name']:<{name_width}}  {_percent(entry['accuracy']):>7}  "
                      f"({entry['images']} images)")
+
+    if report.get("weights"):
+        lines += ["", f"{report['best']} " + format_weights(report["weights"])[0]]
+        lines += format_weights(report["weights"])[1:]
 
     matrix = report["confusion_matrix"]
     if len(matrix) > MAX_PRINTED_MATRIX:

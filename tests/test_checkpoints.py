@@ -544,6 +544,13 @@ def copy_of_run(cli_run, tmp_path):
 # Every key that defines a run, with a command-line change of it (the run was made with TINY,
 # --split_index 32 and no decay epochs).
 RUN_CHANGES = {
+    "network": ["--network", "simple_nn"],
+    "batch_norm": ["--batch_norm"],
+    "downsample": ["--downsample", "d"],
+    "shortcut": ["--shortcut", "pad"],
+    "activation": ["--activation", "swish"],
+    "normalize": ["--normalize", "dataset"],
+    "l1": ["--l1", "1e-5"],
     "resnet_version": ["--resnet_version", "2"],
     "resnet_size": ["--resnet_size", "2"],
     "first_num_filters": ["--first_num_filters", "8"],
