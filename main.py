@@ -369,10 +369,16 @@ def run_sweep(config: Config, args) -> int:
 def run_plot(config: Config, args) -> int:
     _announce(config)
     try:
-        path = plots.draw_curves(config.modeldir)
+        print(f"wrote {plots.draw_curves(config.modeldir)}")
+        found = checkpoints.list_checkpoints(config.modeldir)
+        if found:  # the weights of the newest checkpoint: what L1 and L2 do to them
+            ckpt = checkpoints.read_checkpoint(Model.find_checkpoint(config.modeldir, found[-1]))
+            magnitudes = np.concatenate([v.abs().flatten().double().numpy()
+                                         for k, v in ckpt["model"].items()
+                                         if v.is_floating_point() and "running_" not in k])
+            print(f"wrote {plots.draw_weights(config.modeldir, magnitudes, f'model-{found[-1]}.ckpt')}")
     except plots.PlotError as e:
         raise _CliError(str(e)) from None
-    print(f"wrote {path}")
     return 0
 
 

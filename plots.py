@@ -197,10 +197,42 @@ def draw_curves(modeldir: str) -> str:
     _matplotlib()  # the missing extra is named before anything else
     rows = read_metrics(os.path.join(modeldir, METRICS))
     name = os.path.basename(os.path.abspath(modeldir))
-    figure = curves_figure(rows, name)
-    path = os.path.join(modeldir, CURVES)
+    return _save_png(curves_figure(rows, name), os.path.join(modeldir, CURVES))
+
+
+WEIGHTS = "weights.png"
+
+
+def weights_figure(magnitudes, name: str):
+    """A histogram of log10 |w| over all parameters, 1e-3 and 1e-2 marked (L1 against L2)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    logs = np.log10(np.maximum(np.asarray(magnitudes, dtype=np.float64), 1e-12))
+    figure = Figure(figsize=(FIGSIZE[0] / 2, FIGSIZE[1]), dpi=DPI, layout="constrained")
+    axes = figure.add_subplot()
+    axes.hist(logs, bins=80, color="tab:blue")
+    for row, edge in enumerate((-3, -2)):
+        axes.axvline(edge, color="gray", linestyle="--", linewidth=0.8)
+        below = float((logs < edge).mean())
+        axes.text(0.02, 0.95 - 0.07 * row, f"{100 * below:.1f}% of |w| below 1e{edge}",
+                  transform=axes.transAxes, fontsize=8, va="top")
+    axes.set_xlabel("log10 |w|")
+    axes.set_ylabel("parameters")
+    axes.set_title(f"{name}: {len(logs):,} parameters")
+    return figure
+
+
+def draw_weights(modeldir: str, magnitudes, checkpoint_name: str) -> str:
+    """Draw ``<modeldir>/weights.png`` from the |w| of a checkpoint's parameters; return its path."""
+    _matplotlib()
+    return _save_png(weights_figure(magnitudes, checkpoint_name), os.path.join(modeldir, WEIGHTS))
+
+
+def _save_png(figure, path: str) -> str:
     # The name checkpoints.py gives its temporaries, so a killed run's leftover can be recognised.
-    tmp = os.path.join(modeldir, f".{CURVES}.tmp-{os.getpid()}.part")
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}.part")
     try:
         with open(tmp, "wb") as f:
             figure.savefig(f, format="png")

@@ -350,3 +350,31 @@ def test_predict_to_csv_writes_the_argmax_of_the_probabilities(trained, tmp_path
     assert header == ["id", "label"]
     assert [int(r[0]) for r in rows] == list(range(7))
     assert [int(r[1]) for r in rows] == np.load(npy).argmax(axis=1).tolist()
+
+
+def test_mode_plot_draws_the_weights_of_the_newest_checkpoint(trained, tmp_path, monkeypatch):
+    import plots
+    data_dir, modeldir, flags = trained
+    seen = {}
+
+    def record(folder, magnitudes, name):
+        seen.update(folder=folder, magnitudes=magnitudes, name=name)
+        return os.path.join(folder, plots.WEIGHTS)
+
+    monkeypatch.setattr(plots, "draw_curves", lambda folder: os.path.join(folder, "curves.png"))
+    monkeypatch.setattr(plots, "draw_weights", record)
+    assert main.main(["--mode", "plot", "--modeldir", modeldir, "--device", "cpu"]) == 0
+    assert seen["name"] == "model-3.ckpt" and seen["folder"] == modeldir
+    state = load(os.path.join(modeldir, "model-3.ckpt"))["model"]
+    expected = sum(v.numel() for k, v in state.items()
+                   if v.is_floating_point() and "running_" not in k)
+    assert len(seen["magnitudes"]) == expected and (seen["magnitudes"] >= 0).all()
+
+
+def test_weights_png_is_a_picture(tmp_path):
+    pytest.importorskip("matplotlib")
+    import plots
+    path = plots.draw_weights(str(tmp_path), np.abs(np.random.default_rng(0).normal(size=500)),
+                              "model-3.ckpt")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
