@@ -55,25 +55,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-def _resume_value(text: str):
-    """--resume N: a checkpoint number; "latest" (the flag alone) means the newest."""
-    if text == "latest":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a checkpoint number, not {text!r}") from None
+def _number_or(word: str, expected: str):
+    """An argparse type: a checkpoint number, or the one word that names a checkpoint otherwise."""
+    def parse(text: str):
+        if text == word:
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+    return parse
 
 
-def _checkpoint_value(text: str):
-    """A checkpoint: its epoch number, or "best" for model-best.ckpt."""
-    if text == "best":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a checkpoint number or best, not {text!r}") \
-            from None
+# --resume N (the flag alone means "latest", the newest); --checkpoint(s) N or best.
+_resume_value = _number_or("latest", "a checkpoint number")
+_checkpoint_value = _number_or("best", "a checkpoint number or best")
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
