@@ -9,6 +9,8 @@ several processes split one epoch between them.
 Checkpoint files (their format, atomic writes, checks and random states) are ``checkpoints.py``'s job.
 """
 import contextlib
+import copy
+import io
 import math
 import os
 import signal
@@ -25,6 +27,8 @@ import ImageUtils
 import checkpoints
 import records
 import reports
+import schedules
+from ema import WeightAverage
 from checkpoints import (BEST, INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
                          read_checkpoint)
 from DataReader import fingerprint
@@ -82,9 +86,25 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def lr_at(config: Config, epoch: int) -> float:
-    """Learning rate of (1-based) ``epoch``: multiplied by lr_decay_factor after each decay epoch."""
-    decays = sum(1 for e in config.lr_decay_epochs if epoch > e)
-    return config.learning_rate * config.lr_decay_factor ** decays
+    """Learning rate of (1-based) ``epoch`` under the step schedule: multiplied by lr_decay_factor
+    after each decay epoch. ``schedules.lr_at_step`` gives the rate of any step of any schedule."""
+    return config.learning_rate * config.lr_decay_factor ** schedules.step_decays(config, epoch)
+
+
+def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool):
+    """The optimizer's parameter groups: one with weight decay for everything, or, with
+    no_decay_bn_bias, a second one without it for the batch-norm weights and every bias."""
+    if not no_decay_bn_bias:
+        return [{"params": list(network.parameters()), "weight_decay": weight_decay}]
+    exempt = set()
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            exempt.update(id(p) for p in module.parameters(recurse=False))
+        elif getattr(module, "bias", None) is not None and isinstance(module.bias, torch.nn.Parameter):
+            exempt.add(id(module.bias))
+    params = list(network.parameters())
+    return [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
 
 
 def epoch_plan(n: int, epoch: int, seed: int):
@@ -222,8 +242,10 @@ class MyModel:
         self.amp_dtype = self._amp_dtype()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=config.learning_rate,
-                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            parameter_groups(self.network, config.weight_decay, config.no_decay_bn_bias),
+            lr=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov)
+        self.ema = WeightAverage(self.network, config.ema) if config.ema else None
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.forward_net = torch.compile(self.network) if config.compile else self.network
@@ -231,6 +253,7 @@ class MyModel:
         self.epoch = 0
         self.mean_std = None  # --normalize dataset: the training split's channel (mean, std)
         self.epoch_callbacks = []  # each called with an epoch's metrics once it is recorded
+        self.started = time.monotonic()  # when the run began, for --budget_minutes
 
     def _amp_dtype(self):
         """None (full precision), torch.bfloat16 or torch.float16."""
@@ -267,6 +290,7 @@ class MyModel:
             "partial": dict(partial),
             "normalization": None if self.mean_std is None else
             {"mean": self.mean_std[0].cpu(), "std": self.mean_std[1].cpu()},
+            "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
     def _check_fit(self, ckpt: dict, path: str, for_resume: bool = False) -> None:
@@ -282,8 +306,11 @@ class MyModel:
                                   f"use it.")
         problem = checkpoints.state_dict_problem(ckpt["model"], self.network.state_dict())
         if problem is None and for_resume:
-            problem = checkpoints.optimizer_fit_problem(ckpt["optimizer"],
-                                                        list(self.network.parameters()))
+            problem = checkpoints.optimizer_fit_problem(
+                ckpt["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]])
+        if problem is None and ckpt.get("ema") is not None:
+            problem = checkpoints.state_dict_problem(ckpt["ema"], self.network.state_dict())
+            problem = problem and f"its weight average: {problem}"
         if problem:
             raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
@@ -296,7 +323,11 @@ class MyModel:
             self.checkpoint_file(checkpoint)
         ckpt = read_checkpoint(path)
         self._check_fit(ckpt, path)
-        self.network.load_state_dict(ckpt["model"])
+        # A run with --ema is judged by its weight average, so test and predict use that.
+        weights = ckpt["model"] if ckpt.get("ema") is None else ckpt["ema"]
+        self.network.load_state_dict(weights)
+        if self.ema is not None:  # what evaluation runs on, built with --ema
+            self.ema.load_state_dict(weights)
         self._restore_normalization(ckpt, path)
         return ckpt
 
@@ -319,7 +350,12 @@ class MyModel:
 
     def _check_same_run(self, ckpt: dict, path: str, data_digest: str = None) -> None:
         """Refuse to resume a run defined otherwise (data_digest None: the data is not known yet)."""
-        self._check_fit(ckpt, path, for_resume=True)
+        self._check_fit(ckpt, path)
+        saved_config = ckpt["config"]
+        if self.config.budget_minutes and saved_config.get("budget_minutes"):
+            # The budget was planned when the run began; resuming keeps that plan.
+            self.config.max_epoch = saved_config.get("max_epoch", self.config.max_epoch)
+            self.config.lr_decay_epochs = tuple(saved_config.get("lr_decay_epochs", ()))
         keys = RUN_DEFINING_KEYS + ([] if data_digest is None else ["data"])
         current = dict(self.config.to_dict(), data=data_digest)
         saved = dict(ckpt["config"], data=ckpt.get("data"))
@@ -328,6 +364,13 @@ class MyModel:
             what = "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in diffs)
             raise CheckpointError(f"cannot resume from {path}: the run differs ({what}). Use the "
                                   f"same flags and data, or another --modeldir for a new run.")
+        if saved_config.get("lr_schedule", "step") != "step" and \
+                saved_config.get("max_epoch") != self.config.max_epoch:
+            raise CheckpointError(f"cannot resume from {path} with --max_epoch "
+                                  f"{self.config.max_epoch}: its {saved_config['lr_schedule']} "
+                                  f"schedule spans the run's {saved_config.get('max_epoch')} "
+                                  f"epochs; pass --max_epoch {saved_config.get('max_epoch')}.")
+        self._check_fit(ckpt, path, for_resume=True)  # the optimizer state, once the flags agree
 
     def check_resumable(self, resume) -> None:
         """What can be refused about resuming before any data is read."""
@@ -346,6 +389,11 @@ class MyModel:
             self.network.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self._restore_scaler(ckpt["scaler"])
+            if self.ema is not None:
+                if ckpt.get("ema") is None:
+                    raise CheckpointError(f"{path} holds no weight average, which --ema "
+                                          f"{self.config.ema} needs; resume without --ema.")
+                self.ema.load_state_dict(ckpt["ema"])
             checkpoints.restore_rng_states(ckpt["rng"])
             self._restore_normalization(ckpt, path)
         except (RuntimeError, ValueError, TypeError, KeyError) as e:  # what the checks cannot see
@@ -440,6 +488,8 @@ class MyModel:
 
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
+        if cfg.budget_minutes and self.epoch == 0 and start_step == 0:
+            self._plan_budget(images, labels, x_valid, rank, world_size)
         if self.epoch >= cfg.max_epoch:
             self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
                      f"{cfg.max_epoch}; raise --max_epoch to train further.")
@@ -479,9 +529,6 @@ class MyModel:
                      world_size, pause_at=None) -> dict:
         cfg = self.config
         n = len(labels)
-        lr = lr_at(cfg, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         order, offsets, flips = epoch_plan(n, epoch, cfg.seed)
         order = order.to(self.device, non_blocking=True)
         offsets = offsets.to(self.device, non_blocking=True)
@@ -499,9 +546,13 @@ class MyModel:
         start = time.perf_counter()
         bar = tqdm(total=len(slices), initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
                    leave=False, disable=self._bars_off(), unit="batch")
+        lr = None
         for step in range(start_step, len(slices)):
             if pause_at == (epoch, step):
                 _wait_for_signal(stop, epoch, step)
+            lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             positions = slices[step]
             index = order[positions]
             x = self._images(images[index], True, offsets[positions], flips[positions])
@@ -514,6 +565,8 @@ class MyModel:
             self.scaler.scale(objective).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.network)
 
             loss_sum += loss.detach().double() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -537,18 +590,85 @@ class MyModel:
         # Resumed at the epoch's very end, this process trained nothing: report the epoch's rate.
         rate = (seen - seen_before) / max(elapsed, 1e-9) if seen > seen_before else \
             seen / max(seconds + elapsed, 1e-9)
+        if lr is None:  # resumed at the epoch's very end
+            lr = schedules.lr_at_step(cfg, epoch, len(slices) - 1, len(slices))
         return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
                 "train_acc": correct.item() / max(seen, 1), "seconds": seconds + elapsed,
                 "images_per_second": rate}
 
+    def _plan_budget(self, images, labels, x_valid, rank, world_size) -> None:
+        """--budget_minutes: time a few training steps (on a copy of the network, so the run itself
+        is untouched) and a validation batch, then set max_epoch to the whole epochs that fit into
+        what is left of the budget, and move the step schedule's decay epochs along."""
+        cfg = self.config
+        slices = batch_slices(len(labels), cfg.batch_size, rank, world_size)
+        order, offsets, flips = epoch_plan(len(labels), 1, cfg.seed)
+        network = copy.deepcopy(self.network).train()
+        optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate,
+                                    momentum=cfg.momentum)
+        warm, timed = 2, max(4, min(20, len(slices)))
+        for i in range(warm + timed):
+            if i == warm:
+                self._synchronize()
+                start = time.perf_counter()
+            positions = slices[i % len(slices)].to(self.device)
+            index = order.to(self.device)[positions]
+            x = self._images(images[index], True, offsets.to(self.device)[positions],
+                             flips.to(self.device)[positions])
+            with self._autocast():
+                loss = F.cross_entropy(network(x), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        self._synchronize()
+        step_seconds = (time.perf_counter() - start) / timed
+        del network, optimizer
+        eval_seconds = 0.0
+        if x_valid is not None and len(x_valid):
+            sample = x_valid[:min(len(x_valid), cfg.eval_batch_size)]
+            begin = time.perf_counter()
+            self._logits(sample, "timing validation")
+            self._synchronize()
+            eval_seconds = (time.perf_counter() - begin) * len(x_valid) / len(sample)
+        begin = time.perf_counter()
+        torch.save(self._state(0, {}, ""), io.BytesIO())
+        save_seconds = 2 * (time.perf_counter() - begin)  # at most a best and a numbered one
+        spent = time.monotonic() - self.started
+        planned_from = cfg.max_epoch
+        epochs = schedules.plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices),
+                                       eval_seconds, save_seconds)
+        if epochs <= cfg.warmup_epochs:
+            raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
+                              f"epoch(s) at the measured speed, no more than --warmup_epochs "
+                              f"{cfg.warmup_epochs:g}; give more minutes or fewer warm-up epochs.")
+        cfg.max_epoch = epochs
+        if cfg.lr_schedule == "step":
+            cfg.lr_decay_epochs = schedules.stretch_decay_epochs(cfg.lr_decay_epochs,
+                                                                 planned_from, epochs)
+        decay = f", decay after epochs {' '.join(map(str, cfg.lr_decay_epochs))}" \
+            if cfg.lr_schedule == "step" else ""
+        self.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
+                 f"{step_seconds * 1000:.0f} ms per step x {len(slices)} steps = "
+                 f"{step_seconds * len(slices):.0f} s per epoch, validation {eval_seconds:.1f} s, "
+                 f"checkpoint {save_seconds:.1f} s -> {epochs} epochs ({cfg.lr_schedule} "
+                 f"schedule{decay})")
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def objective(self, logits: torch.Tensor, y: torch.Tensor):
-        """(what training minimizes, the cross-entropy it reports): the cross-entropy plus, with
-        --l1, l1 times the sum of |w| over all parameters (weight decay is the optimizer's)."""
-        loss = F.cross_entropy(logits, y)
+        """(what training minimizes, the cross-entropy it reports): the cross-entropy, against
+        smoothed targets with --label_smoothing, plus, with --l1, l1 times the sum of |w| over all
+        parameters (weight decay is the optimizer's). The reported loss is the plain cross-entropy,
+        comparable with the validation loss."""
+        smoothing = self.config.label_smoothing
+        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        reported = loss if not smoothing else F.cross_entropy(logits.detach(), y)
         if not self.config.l1:
-            return loss, loss
+            return loss, reported
         penalty = sum(p.abs().sum() for p in self.network.parameters())
-        return loss + self.config.l1 * penalty, loss
+        return loss + self.config.l1 * penalty, reported
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
         if not math.isfinite(loss_sum.item()):
@@ -576,7 +696,8 @@ class MyModel:
 
         With labels y, the progress bar shows the running loss and accuracy.
         """
-        self.network.eval()
+        network = self.ema.network if self.ema is not None else self.forward_net
+        network.eval()
         images = _to_image_tensor(x)
         if self.device.type == "cuda":
             images = images.pin_memory()
@@ -588,8 +709,7 @@ class MyModel:
                    unit="batch")
         for i in bar:
             batch = images[i:i + bs].to(self.device, non_blocking=True)
-            with self._autocast():
-                outputs.append(self.forward_net(self._images(batch, False)).float())
+            outputs.append(self._evaluate_batch(network, self._images(batch, False)))
             if labels is not None and not bar.disable:
                 target = labels[i:i + bs].to(self.device)
                 correct += int((outputs[-1].argmax(1) == target).sum())
@@ -599,6 +719,17 @@ class MyModel:
                                 img_s=f"{done / max(time.perf_counter() - start, 1e-9):.0f}")
         return torch.cat(outputs) if outputs else torch.empty(0, self.config.num_classes,
                                                               device=self.device)
+
+    def _evaluate_batch(self, network, x: torch.Tensor) -> torch.Tensor:
+        """Logits of one preprocessed batch; with --tta flip, the log of the mean of the class
+        probabilities of the images and of their mirror images."""
+        with self._autocast():
+            logits = network(x).float()
+            if self.config.tta != "flip":
+                return logits
+            mirrored = network(x.flip(3)).float()
+        both = torch.stack([logits.log_softmax(1), mirrored.log_softmax(1)])
+        return torch.logsumexp(both, 0) - math.log(2)
 
     def scores(self, x: np.ndarray, y: np.ndarray, desc: str = "evaluating") -> dict:
         """Predictions and losses of the network as it is on (x, y): {"predictions" (N,) int64,

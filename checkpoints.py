@@ -17,6 +17,7 @@ key            what it holds
 ``rng``        Python, numpy and torch generator states (plain types and tensors)
 ``metrics``    one dict per finished epoch
 ``partial``    running sums of the unfinished epoch (``interrupted.ckpt`` only)
+``ema``        state dict of the weight average (``--ema``), else None; test and predict use it
 =============  ==========================================================================
 
 Files are written to a temporary name, fsynced and renamed, so a crash never leaves a half-written
@@ -45,7 +46,8 @@ _RNG_KEYS = ("python", "numpy", "torch")
 # Config keys added after checkpoints were first written, with the value those checkpoints meant.
 LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet", "batch_norm": False,
                  "downsample": "b", "shortcut": "projection", "activation": "relu",
-                 "normalize": "per_image", "l1": 0.0}
+                 "normalize": "per_image", "l1": 0.0, "lr_schedule": "step", "warmup_epochs": 0.0,
+                 "nesterov": False, "no_decay_bn_bias": False, "label_smoothing": 0.0, "ema": 0.0}
 
 
 class CheckpointError(RuntimeError):
@@ -314,6 +316,10 @@ def _structure_problem(ckpt, for_resume: bool):
             and norm[k].is_floating_point() and bool(torch.isfinite(norm[k]).all())
             for k in ("mean", "std")) and bool((norm["std"] > 0).all())):
         return "'normalization' must hold finite channel means and positive deviations"
+    ema = ckpt.get("ema")
+    if ema is not None and not (isinstance(ema, dict) and ema and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ema.items())):
+        return "'ema' (the weight average) must be a state dict of named tensors"
     if not for_resume:
         return None
     if not _is_int(ckpt["step"]) or ckpt["step"] < 0:

@@ -21,6 +21,12 @@ OFFICIAL_MD5S = {"cifar10": CIFAR10_MD5, "cifar100": CIFAR100_MD5}
 # and one of 20 coarse superclasses; CIFAR-10 has only its 10.
 CLASS_COUNTS = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
 NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn")
+# --recipe fast: what it sets (explicit flags still win). Measured on the real-image copy of
+# CIFAR-10 against the course recipe; see BENCHMARKS.md.
+RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate": 0.2,
+               "nesterov": True, "weight_decay": 5e-4, "no_decay_bn_bias": True,
+               "label_smoothing": 0.1, "normalize": "dataset", "amp": "bf16", "max_epoch": 15}
+RECIPES = {"course": {}, "fast": RECIPE_FAST}
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
 
 
@@ -71,10 +77,30 @@ class Config:
                                             "multiplied by lr_decay_factor (paper: 32k and 48k "
                                             "iterations, about 91 and 137 epochs)", nargs="*")
     lr_decay_factor: float = _opt(0.1, "learning-rate multiplier at each decay epoch (paper: 0.1)")
+    lr_schedule: str = _opt("step", "step (decay at lr_decay_epochs, paper), cosine (to 0 at the "
+                                    "end), or onecycle (linear rise over the warm-up, 30%% of the "
+                                    "run without one, then linear fall to 0); set every step",
+                            choices=("step", "cosine", "onecycle"))
+    warmup_epochs: float = _opt(0.0, "epochs (may be fractional) of linear warm-up from 0 to "
+                                     "learning_rate, step by step")
+    nesterov: bool = _opt(False, "Nesterov momentum")
+    no_decay_bn_bias: bool = _opt(False, "no weight decay on batch-norm weights and biases")
+    label_smoothing: float = _opt(0.0, "share of each target spread evenly over all classes "
+                                       "(Szegedy et al. 2016; 0: none)")
+    ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay "
+                           "(e.g. 0.999) and validate, test and predict with it (0: off)")
     max_epoch: int = _opt(200, "epochs to train (course skeleton: 200; paper: 64k iterations, ~182)")
     save_interval: int = _opt(10, "write a checkpoint every this many epochs (and at the last one)")
     seed: int = _opt(0, "seed of the initial weights, the batch order and the augmentation "
                         "(0 to 2**63 - 1)")
+    recipe: str = _opt("course", "a named set of defaults that explicit flags override: course "
+                                 "(the paper's and the course's, as listed here) or fast (the "
+                                 "best short recipe measured, see BENCHMARKS.md): "
+                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_FAST.items()),
+                       choices=("course", "fast"))
+    budget_minutes: float = _opt(0.0, "fit the run into this many minutes of wall time, "
+                                      "validation included: time the first steps, then set "
+                                      "max_epoch and stretch the schedule to match (0: off)")
 
     # --- data ---
     dataset: str = _opt("cifar10", "the data set: cifar10 or cifar100 (Krizhevsky 2009)",
@@ -103,6 +129,8 @@ class Config:
     compile: bool = _opt(False, "torch.compile the network (opt-in: slow to start)")
     cudnn_benchmark: bool = _opt(True, "let cuDNN pick the fastest convolution algorithms (CUDA only)")
     eval_batch_size: int = _opt(1000, "images per batch when evaluating and predicting")
+    tta: str = _opt("off", "test and predict: flip averages the class probabilities of each image "
+                           "and its mirror image", choices=("off", "flip"))
 
     # --- output ---
     quiet: bool = _opt(False, "no progress bars (the per-epoch lines stay); bars show only on a "
@@ -140,7 +168,8 @@ class Config:
                 self.num_classes < 2:
             raise ConfigError(f"--num_classes must be at least 2 (or 0 to follow the data set), "
                               f"not {self.num_classes}.")
-        for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1"):
+        for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1",
+                     "warmup_epochs", "label_smoothing", "ema", "budget_minutes"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -151,6 +180,23 @@ class Config:
             raise ConfigError(f"--weight_decay must be zero or positive, not {self.weight_decay}.")
         if not self.l1 >= 0:
             raise ConfigError(f"--l1 must be zero or positive, not {self.l1}.")
+        if self.lr_schedule not in ("step", "cosine", "onecycle"):
+            raise ConfigError(f"--lr_schedule must be step, cosine or onecycle, not "
+                              f"{self.lr_schedule!r}.")
+        if not 0 <= self.warmup_epochs < self.max_epoch:
+            raise ConfigError(f"--warmup_epochs must be at least 0 and below --max_epoch "
+                              f"{self.max_epoch}, not {self.warmup_epochs:g}.")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("--nesterov needs momentum; give --momentum above 0 or drop "
+                              "--nesterov.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}.")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.999, or 0 for none; not "
+                              f"{self.ema}.")
+        if not self.budget_minutes >= 0:
+            raise ConfigError(f"--budget_minutes must be zero (none) or positive, not "
+                              f"{self.budget_minutes}.")
         if self.downsample == "d" and self.shortcut == "pad":
             raise ConfigError("--downsample d pools before a projection shortcut, and --shortcut pad "
                               "has none; use --downsample a or b with --shortcut pad.")
@@ -166,6 +212,15 @@ class Config:
         if n_train is not None and self.batch_size > n_train:
             raise ConfigError(f"--batch_size {self.batch_size} is larger than the {n_train} training "
                               f"images; use a smaller batch size or more data.")
+        return self
+
+    def apply_recipe(self, explicit=()) -> "Config":
+        """Set the values --recipe names, except those of the flags in ``explicit``; return self."""
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe must be course or fast, not {self.recipe!r}.")
+        for key, value in RECIPES[self.recipe].items():
+            if key not in explicit:
+                setattr(self, key, value)
         return self
 
     def to_dict(self) -> dict:
@@ -187,6 +242,7 @@ RUN_DEFINING_KEYS: List[str] = [
     "downsample", "shortcut", "activation", "normalize", "dataset", "label_mode",
     "batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_decay_epochs",
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
+    "lr_schedule", "warmup_epochs", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
 ]
 # The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or
 # resume when any of these differ.

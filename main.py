@@ -12,6 +12,9 @@ import dataclasses
 import os
 import signal
 import sys
+import time
+
+STARTED = time.monotonic()  # --budget_minutes counts from here
 
 
 def _quit_while_starting(signum, frame):
@@ -197,9 +200,10 @@ def run_train(config: Config, args) -> int:
     return 0
 
 
-def train_run(config: Config, resume=None, overwrite: bool = False) -> list:
+def train_run(config: Config, resume=None, overwrite: bool = False, started: float = None) -> list:
     """One training run as the command line makes it (lock, checks, data, training, curves);
-    return its metrics, one dict per epoch."""
+    return its metrics, one dict per epoch. A --budget_minutes counts from ``started``
+    (time.monotonic(); default: when this process began)."""
     with contextlib.ExitStack() as held:
         if config.tensorboard:  # an optional extra: checked before anything else happens
             tensorboard_log.require_tensorboard()
@@ -221,6 +225,7 @@ def train_run(config: Config, resume=None, overwrite: bool = False) -> list:
             _make_modeldir(config.modeldir)
             held.enter_context(checkpoints.RunLock(config.modeldir))
         model = Model.MyModel(config)
+        model.started = STARTED if started is None else started
         print(f"training {_network_name(config)} on {len(x_train)} images"
               + (f", validating on {len(x_valid)}" if x_valid is not None else "")
               + f", device {model.device}", flush=True)
@@ -356,7 +361,9 @@ def run_sweep(config: Config, args) -> int:
     sweeps = sweep.parse(args.sweep)
     _announce(config)
     rows = sweep.run(config, sweeps, resume=args.resume is not None,
-                     overwrite=bool(args.overwrite), train=train_run)
+                     overwrite=bool(args.overwrite),
+                     # each run of a sweep has the whole --budget_minutes, from its own start
+                     train=lambda c, r, o: train_run(c, r, o, started=time.monotonic()))
     print(sweep.format_table([k for k, _ in sweeps], rows))
     print(f"wrote {os.path.join(config.modeldir, sweep.SWEEP_CSV)}")
     return 0
@@ -383,6 +390,12 @@ def _check_mode_flags(args) -> None:
         if getattr(args, name) is not None and args.mode not in modes:
             raise ConfigError(f"--{name} applies to --mode {' or '.join(modes)} only; drop it or "
                               f"use --mode {modes[0]}.")
+    if "tta" in args.explicit and args.mode not in ("test", "predict"):
+        raise ConfigError("--tta applies to --mode test or predict only; drop it or use --mode "
+                          "test.")
+    if "budget_minutes" in args.explicit and "max_epoch" in args.explicit:
+        raise ConfigError("--budget_minutes sets the number of epochs itself; give it or "
+                          "--max_epoch, not both.")
     if args.mode == "sweep" and not args.sweep:
         raise ConfigError("--mode sweep needs --sweep KEY VALUE [VALUE ...], for example "
                           "--sweep learning_rate 0.1 0.01.")
@@ -396,6 +409,7 @@ def main(argv=None) -> int:
 
     try:
         _check_mode_flags(args)
+        config.apply_recipe(args.explicit)
         config.validate()
         Model.select_device(config.device)  # fail before any download or data loading
         modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot,

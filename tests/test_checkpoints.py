@@ -567,6 +567,12 @@ RUN_CHANGES = {
     "pad_mode": ["--pad_mode", "reflect"],
     "dataset": ["--dataset", "cifar100"],
     "label_mode": ["--dataset", "cifar100", "--label_mode", "coarse"],
+    "lr_schedule": ["--lr_schedule", "cosine"],
+    "warmup_epochs": ["--warmup_epochs", "1"],
+    "nesterov": ["--nesterov"],
+    "no_decay_bn_bias": ["--no_decay_bn_bias"],
+    "label_smoothing": ["--label_smoothing", "0.1"],
+    "ema": ["--ema", "0.9"],
 }
 
 
