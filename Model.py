@@ -27,8 +27,11 @@ import ImageUtils
 import checkpoints
 import records
 import reports
+import distributed
 import schedules
+import stop_requests
 from ema import WeightAverage
+from stop_requests import PAUSE_ENV  # noqa: F401  (the tests' pause hook, named where it always was)
 from checkpoints import (BEST, INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
                          read_checkpoint)
 from DataReader import fingerprint
@@ -36,7 +39,6 @@ from NetWork import build_network, depth_of
 from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config, ConfigError
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-PAUSE_ENV = "RESNET_CIFAR_PAUSE_AT"  # "EPOCH:STEP": wait there for a signal (for tests of signals)
 
 
 class TrainingError(RuntimeError):
@@ -118,10 +120,22 @@ def epoch_plan(n: int, epoch: int, seed: int):
 
 
 def batch_slices(n: int, batch_size: int, rank: int = 0, world_size: int = 1):
-    """Position ranges of one process's batches. Processes take disjoint, interleaved shares of the
-    permutation (``positions rank, rank + world_size, ...``); the last batch may be smaller."""
-    positions = torch.arange(rank, n, world_size)
-    return list(torch.split(positions, batch_size))
+    """Position ranges of one process's share of each global batch of ``batch_size`` positions
+    of the permutation: step k covers positions k * batch_size to (k + 1) * batch_size - 1, and
+    rank r takes those of them that are r modulo world_size. The last batch may be smaller; under
+    several processes one with fewer positions than processes is left out, so that no process
+    has an empty step."""
+    sizes = global_batch_sizes(n, batch_size, world_size)
+    return [torch.arange(k * batch_size + rank, k * batch_size + size, world_size)
+            for k, size in enumerate(sizes)]
+
+
+def global_batch_sizes(n: int, batch_size: int, world_size: int = 1):
+    """The number of images of each step over all processes (see batch_slices)."""
+    sizes = [min(batch_size, n - k) for k in range(0, n, batch_size)]
+    if world_size > 1 and sizes and sizes[-1] < world_size:
+        sizes.pop()
+    return sizes
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,55 +178,6 @@ def find_checkpoint(modeldir: str, epoch) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Signals
-
-class _StopRequests:
-    """While active, the first SIGINT/SIGTERM only sets ``signum`` so the loop can save and stop;
-    a second SIGINT raises KeyboardInterrupt at once."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: finishing this step and saving a "
-              f"checkpoint (press Ctrl-C again to quit at once).", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._previous[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        return False
-
-
-def _pause_point():
-    """(epoch, step) from the environment variable PAUSE_ENV, or None."""
-    value = os.environ.get(PAUSE_ENV)
-    if not value:
-        return None
-    try:
-        epoch, step = (int(part) for part in value.split(":"))
-    except ValueError:
-        raise ConfigError(f"{PAUSE_ENV}={value!r} must be EPOCH:STEP, for example 1:3.") from None
-    return epoch, step
-
-
-def _wait_for_signal(stop: "_StopRequests", epoch: int, step: int) -> None:
-    print(f"paused before step {step} of epoch {epoch} ({PAUSE_ENV}); waiting for a signal",
-          file=sys.stderr, flush=True)
-    while stop.signum is None:
-        time.sleep(0.01)
-
-
-# --------------------------------------------------------------------------------------------
 # The model
 
 def _to_image_tensor(x: np.ndarray) -> torch.Tensor:
@@ -227,15 +192,18 @@ class MyModel:
     probabilities of the network as it is (load a checkpoint first with ``load``).
     """
 
-    def __init__(self, config: Config, log=tqdm.write):
+    def __init__(self, config: Config, log=tqdm.write, context=distributed.SINGLE):
         self.config = config
-        self.log = log
+        self.dist = context  # rank and world size under torchrun
+        self.log = log if context.is_main else (lambda *a: None)
         self.device = select_device(config.device)
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
         self.network = build_network(config.network, config.resnet_version, config.resnet_size,
                                      config.num_classes, config.first_num_filters,
                                      batch_norm=config.batch_norm, downsample=config.downsample,
                                      shortcut=config.shortcut, activation=config.activation)
+        if config.sync_bn and context.distributed:
+            self.network = distributed.convert_sync_batchnorm(self.network, self.device)
         self.channels_last = config.channels_last != "off"
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.network.to(self.device, memory_format=self.memory_format)
@@ -249,6 +217,7 @@ class MyModel:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.forward_net = torch.compile(self.network) if config.compile else self.network
+        self.train_net = None  # forward_net, wrapped in DistributedDataParallel under torchrun
         self.history = []
         self.epoch = 0
         self.mean_std = None  # --normalize dataset: the training split's channel (mean, std)
@@ -452,52 +421,63 @@ class MyModel:
             os.remove(path)
 
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):
-        checkpoints.atomic_save(self._state(step, partial or {}, data_digest), path)
+        if self.dist.is_main:  # under torchrun the ranks hold the same weights: one writes
+            checkpoints.atomic_save(self._state(step, partial or {}, data_digest), path)
 
     # ---------------------------------------------------------------- training
 
     def train(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray = None,
-              y_valid: np.ndarray = None, resume=None, rank: int = 0, world_size: int = 1,
-              overwrite: bool = False) -> list:
+              y_valid: np.ndarray = None, resume=None, overwrite: bool = False) -> list:
         """Train for config.max_epoch epochs; return the metrics of every epoch (a list of dicts).
 
         x_* are (N, 3072) uint8 rows, y_* (N,) int labels. ``resume`` is None, "latest" or an epoch.
         Without it, a modeldir that holds another run's checkpoints is refused, or with
         ``overwrite`` emptied of them first. The command line holds ``checkpoints.RunLock`` meanwhile.
+        Under torchrun every rank calls this with the same data; rank 0 alone writes files.
         """
-        cfg = self.config
+        cfg, main = self.config, self.dist.is_main
         digest = fingerprint(x_train, y_train)
         if resume is None:
-            checkpoints.check_fresh_start(cfg.modeldir, overwrite, self.log)
+            if main:
+                checkpoints.check_fresh_start(cfg.modeldir, overwrite, self.log)
             start_step, partial = 0, None
         else:
             start_step, partial = self._resume(resume, digest)
-        os.makedirs(cfg.modeldir, exist_ok=True)
-        checkpoints.clean_stale_temporaries(cfg.modeldir)
-        self._drop_best_past(self.epoch)
-        records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
-            "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
-            "train_images": len(x_train), "valid_images": 0 if x_valid is None else len(x_valid)})
+        if main:
+            os.makedirs(cfg.modeldir, exist_ok=True)
+            checkpoints.clean_stale_temporaries(cfg.modeldir)
+            self._drop_best_past(self.epoch)
+            records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
+                "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
+                "train_images": len(x_train),
+                "valid_images": 0 if x_valid is None else len(x_valid),
+                "processes": self.dist.world_size})
+        else:
+            partial = None  # the sums of an interrupted epoch are rank 0's to carry
+        distributed.barrier()  # rank 0's preparations are done
         if cfg.normalize == "dataset" and self.mean_std is None:  # once, from the training split
             mean, std = ImageUtils.channel_stats(x_train)
             self.mean_std = (torch.from_numpy(mean).to(self.device),
                              torch.from_numpy(std).to(self.device))
-        metrics_file = records.MetricsFile(cfg.modeldir)
-        metrics_file.start(self.history)
-        pause_at = _pause_point()
+        metrics_file = records.MetricsFile(cfg.modeldir) if main else None
+        if main:
+            metrics_file.start(self.history)
+        pause_at = stop_requests.pause_point(self.dist.rank)
+        if self.train_net is None:
+            self.train_net = self._training_network()
 
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
         if cfg.budget_minutes and self.epoch == 0 and start_step == 0:
-            self._plan_budget(images, labels, x_valid, rank, world_size)
+            self._plan_budget(images, labels, x_valid)
         if self.epoch >= cfg.max_epoch:
             self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
                      f"{cfg.max_epoch}; raise --max_epoch to train further.")
 
-        with _StopRequests() as stop:
+        with stop_requests.StopRequests(self.dist.distributed) as stop:
             for epoch in range(self.epoch + 1, cfg.max_epoch + 1):
                 metrics = self._train_epoch(epoch, images, labels, start_step, partial, stop,
-                                            digest, rank, world_size, pause_at)
+                                            digest, pause_at)
                 start_step, partial = 0, None
                 if x_valid is not None and len(x_valid):
                     metrics["valid_acc"], metrics["valid_loss"] = self.validate(x_valid, y_valid)
@@ -506,9 +486,10 @@ class MyModel:
                 self.epoch = epoch
                 self.history.append(metrics)
                 self._print_epoch(metrics)
-                metrics_file.append(metrics)
-                for callback in self.epoch_callbacks:
-                    callback(metrics)
+                if main:
+                    metrics_file.append(metrics)
+                    for callback in self.epoch_callbacks:
+                        callback(metrics)
                 if "valid_acc" in metrics and (best_before is None
                                                or metrics["valid_acc"] > best_before):
                     self._save(checkpoint_path(cfg.modeldir, "best"), data_digest=digest)
@@ -516,25 +497,51 @@ class MyModel:
                 if epoch % cfg.save_interval == 0 or epoch == cfg.max_epoch:
                     saved = checkpoint_path(cfg.modeldir, epoch)
                     self._save(saved, data_digest=digest)
-                    with contextlib.suppress(FileNotFoundError):  # superseded by this one
-                        os.remove(os.path.join(cfg.modeldir, INTERRUPTED))
-                if stop.signum is not None and epoch < cfg.max_epoch:  # came during validation
+                    if main:
+                        with contextlib.suppress(FileNotFoundError):  # superseded by this one
+                            os.remove(os.path.join(cfg.modeldir, INTERRUPTED))
+                signum = self._agreed_stop(stop)
+                if signum and epoch < cfg.max_epoch:  # came during validation
                     if saved is None:
                         saved = os.path.join(cfg.modeldir, INTERRUPTED)
                         self._save(saved, data_digest=digest)
-                    raise TrainingStopped(stop.signum, saved)
+                    distributed.barrier()  # no rank leaves before the checkpoint is written
+                    raise TrainingStopped(signum, saved)
+        if not distributed.parameters_agree(self.network):
+            raise TrainingError("the processes ended training with different weights, so the "
+                                "run is not data-parallel; please report this.")
+        distributed.barrier()
         return self.history
 
-    def _train_epoch(self, epoch, images, labels, start_step, partial, stop, digest, rank,
-                     world_size, pause_at=None) -> dict:
-        cfg = self.config
+    def _training_network(self):
+        """What the training steps run: the (compiled) network, in DistributedDataParallel under
+        torchrun, so that the gradients are averaged over the ranks."""
+        if not self.dist.distributed:
+            return self.forward_net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+        return torch.compile(wrapped) if self.config.compile else wrapped
+
+    def _agreed_stop(self, stop) -> int:
+        """The signal number of a stop any rank was asked for (0 if none), the same on all ranks."""
+        if not self.dist.distributed:
+            return stop.signum or 0
+        return distributed.agree_max(stop.signum or 0, self._collective_device())
+
+    def _collective_device(self):
+        return self.device if self.dist.backend == "nccl" else "cpu"
+
+    def _train_epoch(self, epoch, images, labels, start_step, partial, stop, digest,
+                     pause_at=None) -> dict:
+        cfg, world = self.config, self.dist.world_size
         n = len(labels)
         order, offsets, flips = epoch_plan(n, epoch, cfg.seed)
         order = order.to(self.device, non_blocking=True)
         offsets = offsets.to(self.device, non_blocking=True)
         flips = flips.to(self.device, non_blocking=True)
         slices = [p.to(self.device, non_blocking=True)
-                  for p in batch_slices(n, cfg.batch_size, rank, world_size)]
+                  for p in batch_slices(n, cfg.batch_size, self.dist.rank, world)]
+        global_sizes = global_batch_sizes(n, cfg.batch_size, world)
 
         partial = partial or {}
         loss_sum = torch.tensor(partial.get("loss_sum", 0.0), dtype=torch.float64,
@@ -549,7 +556,7 @@ class MyModel:
         lr = None
         for step in range(start_step, len(slices)):
             if pause_at == (epoch, step):
-                _wait_for_signal(stop, epoch, step)
+                stop_requests.wait_for_signal(stop, epoch, step)
             lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -558,11 +565,18 @@ class MyModel:
             x = self._images(images[index], True, offsets[positions], flips[positions])
             y = labels[index]
 
-            with self._autocast():
-                logits = self.forward_net(x)
-                objective, loss = self.objective(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(objective).backward()
+            try:
+                with self._autocast():
+                    logits = self.train_net(x)
+                    objective, loss = self.objective(logits, y)
+                if world > 1:  # DDP averages over ranks: weigh each rank's mean by its share
+                    objective = objective * (len(y) * world / global_sizes[step])
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(objective).backward()  # DDP sums the gradients over the ranks
+            except RuntimeError as e:
+                if world > 1 and distributed.is_lost_contact(e):
+                    raise distributed.lost_contact(e) from None
+                raise
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.ema is not None:
@@ -576,32 +590,48 @@ class MyModel:
                 rate = (seen - seen_before) / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                                 acc=f"{100 * correct.item() / seen:.1f}%", img_s=f"{rate:.0f}")
-            if stop.signum is not None:
+            signum = self._agreed_stop(stop)
+            if signum:
                 bar.close()
-                self._check_finite(loss_sum, epoch)
-                part = {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen,
+                loss_total, correct_total, seen_total = self._epoch_totals(loss_sum, correct, seen)
+                self._check_finite(loss_total, epoch)
+                part = {"loss_sum": loss_total, "correct": correct_total, "seen": seen_total,
                         "seconds": seconds + time.perf_counter() - start}
                 path = os.path.join(cfg.modeldir, INTERRUPTED)
                 self._save(path, step=step + 1, partial=part, data_digest=digest)
-                raise TrainingStopped(stop.signum, path)
+                distributed.barrier()  # no rank leaves before the checkpoint is written
+                raise TrainingStopped(signum, path)
         bar.close()
-        self._check_finite(loss_sum, epoch)
+        distributed.broadcast_buffers(self.network)  # rank 0's running statistics, everywhere
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.network)
+        loss_total, correct_total, seen = self._epoch_totals(loss_sum, correct, seen)
+        self._check_finite(loss_total, epoch)
         elapsed = time.perf_counter() - start
         # Resumed at the epoch's very end, this process trained nothing: report the epoch's rate.
         rate = (seen - seen_before) / max(elapsed, 1e-9) if seen > seen_before else \
             seen / max(seconds + elapsed, 1e-9)
         if lr is None:  # resumed at the epoch's very end
             lr = schedules.lr_at_step(cfg, epoch, len(slices) - 1, len(slices))
-        return {"epoch": epoch, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": correct.item() / max(seen, 1), "seconds": seconds + elapsed,
+        return {"epoch": epoch, "lr": lr, "train_loss": loss_total / max(seen, 1),
+                "train_acc": correct_total / max(seen, 1), "seconds": seconds + elapsed,
                 "images_per_second": rate}
 
-    def _plan_budget(self, images, labels, x_valid, rank, world_size) -> None:
+    def _epoch_totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):
+        """(loss sum, correct, seen) of the epoch so far over all ranks, as Python numbers."""
+        if not self.dist.distributed:
+            return loss_sum.item(), int(correct.item()), seen
+        totals = torch.stack([loss_sum.double(), correct.double(),
+                              torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        totals = distributed.all_sum(totals.to(self._collective_device()))
+        return totals[0].item(), int(totals[1].item()), int(totals[2].item())
+
+    def _plan_budget(self, images, labels, x_valid) -> None:
         """--budget_minutes: time a few training steps (on a copy of the network, so the run itself
         is untouched) and a validation batch, then set max_epoch to the whole epochs that fit into
         what is left of the budget, and move the step schedule's decay epochs along."""
         cfg = self.config
-        slices = batch_slices(len(labels), cfg.batch_size, rank, world_size)
+        slices = batch_slices(len(labels), cfg.batch_size, self.dist.rank, self.dist.world_size)
         order, offsets, flips = epoch_plan(len(labels), 1, cfg.seed)
         network = copy.deepcopy(self.network).train()
         optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate,
@@ -637,6 +667,7 @@ class MyModel:
         planned_from = cfg.max_epoch
         epochs = schedules.plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices),
                                        eval_seconds, save_seconds)
+        epochs = distributed.agree_min(epochs, self._collective_device())  # the slowest rank's
         if epochs <= cfg.warmup_epochs:
             raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
                               f"epoch(s) at the measured speed, no more than --warmup_epochs "
@@ -670,8 +701,8 @@ class MyModel:
         penalty = sum(p.abs().sum() for p in self.network.parameters())
         return loss + self.config.l1 * penalty, reported
 
-    def _check_finite(self, loss_sum: torch.Tensor, epoch: int) -> None:
-        if not math.isfinite(loss_sum.item()):
+    def _check_finite(self, loss_sum: float, epoch: int) -> None:
+        if not math.isfinite(loss_sum):
             last = list_checkpoints(self.config.modeldir)
             kept = f"the last good checkpoint (model-{last[-1]}.ckpt) is kept" if last else \
                 "no checkpoint was written"
@@ -680,7 +711,7 @@ class MyModel:
 
     def _bars_off(self):
         # None lets tqdm decide: bars only when output goes to a terminal.
-        return True if getattr(self.config, "quiet", False) else None
+        return True if getattr(self.config, "quiet", False) or not self.dist.is_main else None
 
     def _print_epoch(self, m: dict) -> None:
         valid = f"  valid {100 * m['valid_acc']:6.2f}%" if "valid_acc" in m else ""
@@ -733,14 +764,31 @@ class MyModel:
 
     def scores(self, x: np.ndarray, y: np.ndarray, desc: str = "evaluating") -> dict:
         """Predictions and losses of the network as it is on (x, y): {"predictions" (N,) int64,
-        "losses" (N,) float64 cross-entropy per image}, as numpy arrays."""
+        "losses" (N,) float64 cross-entropy per image}, as numpy arrays. Under torchrun each rank
+        scores its own part (distributed.share) and every rank gets all N, in order."""
+        if self.dist.distributed:
+            part = distributed.share(len(x), self.dist.rank, self.dist.world_size)
+            mine = self._local_scores(x[part], np.asarray(y)[part], desc)
+            return {k: distributed.gather_arrays(v) for k, v in mine.items()}
+        return self._local_scores(x, y, desc)
+
+    def _local_scores(self, x: np.ndarray, y: np.ndarray, desc: str) -> dict:
         logits = self._logits(x, desc, y)
         target = torch.as_tensor(np.asarray(y, dtype=np.int64), device=logits.device)
         losses = F.cross_entropy(logits, target, reduction="none").double()
         return {"predictions": logits.argmax(1).cpu().numpy(), "losses": losses.cpu().numpy()}
 
     def validate(self, x: np.ndarray, y: np.ndarray):
-        """(accuracy in [0, 1], mean cross-entropy) of the network as it is on (x, y)."""
+        """(accuracy in [0, 1], mean cross-entropy) of the network as it is on (x, y). Under
+        torchrun each rank scores its own part and the counts and loss sums are added up."""
+        if self.dist.distributed:
+            part = distributed.share(len(x), self.dist.rank, self.dist.world_size)
+            s = self._local_scores(x[part], np.asarray(y)[part], "validating")
+            sums = torch.tensor([float((s["predictions"] == np.asarray(y)[part]).sum()),
+                                 float(s["losses"].sum()), float(len(s["losses"]))],
+                                dtype=torch.float64, device=self._collective_device())
+            correct, loss_sum, count = distributed.all_sum(sums).tolist()
+            return correct / count, loss_sum / count
         s = self.scores(x, y, "validating")
         return float((s["predictions"] == np.asarray(y)).mean()), float(s["losses"].mean())
 

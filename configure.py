@@ -129,6 +129,10 @@ class Config:
     compile: bool = _opt(False, "torch.compile the network (opt-in: slow to start)")
     cudnn_benchmark: bool = _opt(True, "let cuDNN pick the fastest convolution algorithms (CUDA only)")
     eval_batch_size: int = _opt(1000, "images per batch when evaluating and predicting")
+    sync_bn: bool = _opt(False, "under torchrun: batch-norm statistics of the whole global batch, "
+                                "not of each process's share")
+    dist_timeout: float = _opt(300.0, "under torchrun: seconds a process waits for the others "
+                                      "before giving up (a process that died ends the run)")
     tta: str = _opt("off", "test and predict: flip averages the class probabilities of each image "
                            "and its mirror image", choices=("off", "flip"))
 
@@ -147,7 +151,7 @@ class Config:
         if self.download_url == "official":
             self.download_url = OFFICIAL_URLS.get(self.dataset, self.download_url)
 
-    def validate(self, n_train: int = None) -> "Config":
+    def validate(self, n_train: int = None, world_size: int = 1) -> "Config":
         """Raise ConfigError naming the first flag that makes no sense; return self."""
         positive_ints = ("resnet_size", "first_num_filters", "batch_size", "max_epoch",
                          "save_interval", "eval_batch_size", "split_index")
@@ -169,7 +173,7 @@ class Config:
             raise ConfigError(f"--num_classes must be at least 2 (or 0 to follow the data set), "
                               f"not {self.num_classes}.")
         for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1",
-                     "warmup_epochs", "label_smoothing", "ema", "budget_minutes"):
+                     "warmup_epochs", "label_smoothing", "ema", "budget_minutes", "dist_timeout"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -194,6 +198,9 @@ class Config:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.999, or 0 for none; not "
                               f"{self.ema}.")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"--dist_timeout must be a positive number of seconds, not "
+                              f"{self.dist_timeout}.")
         if not self.budget_minutes >= 0:
             raise ConfigError(f"--budget_minutes must be zero (none) or positive, not "
                               f"{self.budget_minutes}.")
@@ -209,6 +216,12 @@ class Config:
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"--seed must lie between 0 and 2**63 - 1 ({MAX_SEED}), not "
                               f"{self.seed}.")
+        if self.batch_size % world_size:
+            below = self.batch_size - self.batch_size % world_size
+            raise ConfigError(f"--batch_size {self.batch_size} does not divide among {world_size} "
+                              f"processes: --batch_size is the global batch, and each process "
+                              f"takes an equal share of it; use a multiple of {world_size}"
+                              + (f", such as {below}." if below else "."))
         if n_train is not None and self.batch_size > n_train:
             raise ConfigError(f"--batch_size {self.batch_size} is larger than the {n_train} training "
                               f"images; use a smaller batch size or more data.")

@@ -34,6 +34,7 @@ import torch._dynamo  # noqa: F401  (torch.optim imports it on first use; here, 
 import DataReader
 import Model
 import checkpoints
+import distributed
 import plots
 import reports
 import sweep
@@ -196,44 +197,50 @@ class _TensorBoard:
 
 def run_train(config: Config, args) -> int:
     _announce(config)
-    train_run(config, args.resume, bool(args.overwrite))
+    train_run(config, args.resume, bool(args.overwrite), context=args.context)
     return 0
 
 
-def train_run(config: Config, resume=None, overwrite: bool = False, started: float = None) -> list:
+def train_run(config: Config, resume=None, overwrite: bool = False, started: float = None,
+              context: distributed.Context = distributed.SINGLE) -> list:
     """One training run as the command line makes it (lock, checks, data, training, curves);
     return its metrics, one dict per epoch. A --budget_minutes counts from ``started``
-    (time.monotonic(); default: when this process began)."""
+    (time.monotonic(); default: when this process began). Under torchrun every rank runs this;
+    rank 0 alone takes the lock and writes files."""
+    main_rank = context.is_main
     with contextlib.ExitStack() as held:
         if config.tensorboard:  # an optional extra: checked before anything else happens
             tensorboard_log.require_tensorboard()
         # One run per folder: an existing folder is locked (and checked) before the data is read,
         # so a second run is refused at once; a new one is made only once the data proved usable.
-        if os.path.isdir(config.modeldir):
+        if main_rank and os.path.isdir(config.modeldir):
             held.enter_context(checkpoints.RunLock(config.modeldir))
         _check_modeldir(config, resume, overwrite)
         if resume is not None and os.path.isdir(config.modeldir):  # before any download
-            Model.MyModel(config, log=lambda *a: None).check_resumable(resume)
-        _ensure_data(config)
+            Model.MyModel(config, log=lambda *a: None, context=context).check_resumable(resume)
+        if context.local_rank == 0:  # one download per machine
+            _ensure_data(config)
+        distributed.barrier()
         x_train, y_train, _, _ = _load(config)
         x_valid = y_valid = None
         if not config.train_all:
             x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
                 x_train, y_train, config.split_index)
-        config.validate(n_train=len(x_train))
-        if not os.path.isdir(config.modeldir):
+        config.validate(n_train=len(x_train), world_size=context.world_size)
+        if main_rank and not os.path.isdir(config.modeldir):
             _make_modeldir(config.modeldir)
             held.enter_context(checkpoints.RunLock(config.modeldir))
-        model = Model.MyModel(config)
+        model = Model.MyModel(config, context=context)
         model.started = STARTED if started is None else started
         print(f"training {_network_name(config)} on {len(x_train)} images"
               + (f", validating on {len(x_valid)}" if x_valid is not None else "")
-              + f", device {model.device}", flush=True)
+              + f", device {model.device}"
+              + (f", {context.describe()}" if context.distributed else ""), flush=True)
         if config.tensorboard:
             model.epoch_callbacks.append(_TensorBoard(config.tensorboard, held))
         history = model.train(x_train, y_train, x_valid, y_valid, resume=resume,
                               overwrite=overwrite)
-    if plots.matplotlib_available():  # the picture is a bonus: without matplotlib, no curves.png
+    if main_rank and plots.matplotlib_available():  # a bonus: without matplotlib, no curves.png
         try:
             print(f"wrote {plots.draw_curves(config.modeldir)}")
         except plots.PlotError as e:
@@ -307,7 +314,7 @@ def run_test(config: Config, args) -> int:
     numbers = args.checkpoints or [_newest(config)]
     config = _from_checkpoint(config, args, numbers[0])
     _announce(config)
-    model = Model.MyModel(config)
+    model = Model.MyModel(config, context=args.context)
     for number in numbers:  # check every number before reading data or evaluating any
         model.checkpoint_file(number)
     x_train, y_train, x_test, y_test = _load(config)
@@ -318,7 +325,7 @@ def run_test(config: Config, args) -> int:
     names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
     report = reports.build(results, y_test, names, config.num_classes, set_name)
     print(reports.format_text(report))
-    if args.json:
+    if args.json and args.context.is_main:
         reports.write_json(report, args.json)
         print(f"wrote {args.json}")
     return 0
@@ -337,6 +344,8 @@ def run_predict(config: Config, args) -> int:
                         f"another path.")
     number = args.checkpoint if args.checkpoint is not None else _newest(config)
     config = _from_checkpoint(config, args, number)
+    if not args.context.is_main:  # under torchrun, rank 0 predicts and writes; the rest wait
+        return 0
     _announce(config)
     model = Model.MyModel(config)
     x = DataReader.load_testing_images(private)
@@ -407,19 +416,33 @@ def main(argv=None) -> int:
     args.explicit = explicit_flags(sys.argv[1:] if argv is None else argv)
     config = config_from_args(args)
 
+    args.context = distributed.SINGLE
     try:
         _check_mode_flags(args)
         config.apply_recipe(args.explicit)
-        config.validate()
-        Model.select_device(config.device)  # fail before any download or data loading
+        context = args.context = distributed.from_environment()
+        if context.distributed and args.mode in ("plot", "sweep"):
+            raise ConfigError(f"--mode {args.mode} runs in one process; start it with python, "
+                              f"not torchrun.")
+        config.device = distributed.device_for(context, config.device)
+        config.validate(world_size=context.world_size)
+        device = Model.select_device(config.device)  # fail before any download or data loading
+        args.context = distributed.start(context, device, config.dist_timeout)
         modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot,
                  "sweep": run_sweep}
-        return modes[args.mode](config, args)
+        with _silent_unless(args.context.is_main):
+            return modes[args.mode](config, args)
     except ConfigError as e:
+        if not args.context.is_main:
+            return 2
         parser.exit(2, f"error: {e}\n")
+    except distributed.DistributedError as e:  # about this rank: every rank says its own
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (DataReader.DataError, checkpoints.CheckpointError, Model.TrainingError, _CliError,
             plots.PlotError, tensorboard_log.TensorBoardError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if args.context.is_main:  # the same on every rank: said once
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except OUT_OF_MEMORY:
         print(f"error: the device ran out of memory in --mode {args.mode}; lower --batch_size or "
@@ -427,11 +450,24 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     except Model.TrainingStopped as e:
-        print(str(e), file=sys.stderr)
+        if args.context.is_main:
+            print(str(e), file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted; nothing more was saved.", file=sys.stderr)
         return 130
+    finally:
+        distributed.stop()
+
+
+@contextlib.contextmanager
+def _silent_unless(speaking: bool):
+    """Under torchrun only rank 0 prints: the others' standard output goes nowhere."""
+    if speaking:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere):
+        yield
 
 
 if __name__ == "__main__":

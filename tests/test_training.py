@@ -13,6 +13,7 @@ import torch
 
 import Model
 import checkpoints
+import stop_requests
 from cifar_files import make_batch
 from configure import Config, ConfigError
 from Model import MyModel, batch_slices, epoch_plan, lr_at, select_device
@@ -145,14 +146,11 @@ def test_a_model_with_the_largest_seed_trains(tmp_path):
 
 
 @pytest.mark.parametrize("n, batch_size", [(20, 4), (17, 4), (9, 8), (3, 8)])
-def test_batch_slices_for_two_processes_are_disjoint_and_cover_every_position(n, batch_size):
-    shares = [torch.cat(batch_slices(n, batch_size, rank, 2)).tolist() for rank in (0, 1)]
-    assert not set(shares[0]) & set(shares[1])
-    assert sorted(shares[0] + shares[1]) == list(range(n))
-    for rank in (0, 1):
-        assert all(len(b) <= batch_size for b in batch_slices(n, batch_size, rank, 2))
-    # One process takes every position, in order.
-    assert torch.cat(batch_slices(n, batch_size)).tolist() == list(range(n))
+def test_one_process_takes_every_position_in_order(n, batch_size):
+    # The shares of several processes are tested in test_distributed.py.
+    slices = batch_slices(n, batch_size)
+    assert torch.cat(slices).tolist() == list(range(n))
+    assert [len(s) for s in slices[:-1]] == [batch_size] * (len(slices) - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,7 +239,7 @@ def pause_at_last_step_then_sigint(monkeypatch, epoch: int, last_step: int) -> N
             assert time.monotonic() < deadline, "SIGINT never reached the handler"
             time.sleep(0.01)
 
-    monkeypatch.setattr(Model, "_wait_for_signal", sigint_and_wait)
+    monkeypatch.setattr(stop_requests, "wait_for_signal", sigint_and_wait)
 
 
 def test_resume_at_an_epoch_boundary_reports_the_epochs_rate_and_is_exact(tmp_path, monkeypatch):

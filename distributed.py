@@ -1,0 +1,277 @@
+"""Process groups: one process per device under ``torchrun``, and what the processes agree on.
+
+``torchrun --nproc_per_node=N main.py ...`` starts N copies of main.py with RANK, WORLD_SIZE and
+LOCAL_RANK in their environment; ``from_environment`` reads them and ``start`` joins the group:
+gloo on CPU, NCCL on CUDA (one GPU per local rank). Without torchrun there is no group and every
+function here does nothing, so a plain ``python main.py`` run is unchanged.
+
+Also here: the sums and agreements the ranks make (epoch totals, evaluation counts, stop requests,
+the budget's plan), and a synchronized batch norm for CPU, where torch's SyncBatchNorm does not run.
+"""
+import dataclasses
+import datetime
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+class DistributedError(RuntimeError):
+    """The process group cannot be joined, or a peer was lost."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = None  # "gloo" or "nccl" once started; None in a single process
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        return f"on {self.world_size} processes ({self.backend})" if self.distributed else ""
+
+
+SINGLE = Context()
+
+
+def from_environment(environ=None) -> Context:
+    """The rank, world size and local rank torchrun set; the single-process context without them."""
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in environ:
+        return SINGLE
+    values = {}
+    for key in ENV_KEYS:
+        text = environ.get(key, "0")
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise DistributedError(f"the environment variable {key}={text!r} is not a whole number; "
+                                   f"start the processes with torchrun, which sets it.") from None
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise DistributedError(f"RANK {rank}, WORLD_SIZE {world} and LOCAL_RANK {local} do not "
+                               f"make sense together; start the processes with torchrun.")
+    return Context(rank, world, local)
+
+
+def device_for(context: Context, name: str) -> str:
+    """The device a rank uses: cuda:LOCAL_RANK where CUDA is asked for (or auto finds it)."""
+    if not context.distributed:
+        return name
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{context.local_rank}"
+    if name == "auto":
+        return "cpu"
+    return name
+
+
+def start(context: Context, device: torch.device, timeout_seconds: float) -> Context:
+    """Join the process group of a torchrun launch; return the context with its backend."""
+    if not context.distributed:
+        return context
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        if context.local_rank >= torch.cuda.device_count():
+            raise DistributedError(f"local rank {context.local_rank} has no GPU of its own (this "
+                                   f"machine has {torch.cuda.device_count()}); start at most that "
+                                   f"many processes per node with --nproc_per_node.")
+        torch.cuda.set_device(device)
+    try:
+        dist.init_process_group(backend, rank=context.rank, world_size=context.world_size,
+                                timeout=datetime.timedelta(seconds=timeout_seconds))
+    except (RuntimeError, ValueError) as e:
+        raise DistributedError(f"rank {context.rank} could not join the process group ({e}); "
+                               f"check that every process was started by the same torchrun.") \
+            from None
+    return dataclasses.replace(context, backend=backend)
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _lost(e: Exception) -> DistributedError:
+    rank = dist.get_rank() if dist.is_initialized() else "?"
+    return DistributedError(f"rank {rank} lost contact with the other processes ({str(e)[:200]}); "
+                            f"one of them has stopped or died. The last checkpoint is kept; "
+                            f"resume with --resume.")
+
+
+def is_lost_contact(e: BaseException) -> bool:
+    """Whether an error raised inside a collective means a peer is gone (or timed out)."""
+    kinds = tuple(getattr(dist, name) for name in ("DistError", "DistBackendError")
+                  if hasattr(dist, name))
+    text = str(e).lower()
+    return isinstance(e, kinds) or any(w in text for w in ("gloo", "nccl", "connection", "timed out"))
+
+
+def lost_contact(e: BaseException) -> DistributedError:
+    return _lost(e)
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks, in place; returned for convenience. Identity alone."""
+    if active():
+        try:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        except RuntimeError as e:  # torch's DistBackendError is one
+            raise _lost(e) from None
+    return tensor
+
+
+def _agree(value: float, op, device) -> float:
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    try:
+        dist.all_reduce(t, op=op)
+    except RuntimeError as e:
+        raise _lost(e) from None
+    return t.item()
+
+
+def agree_max(value: int, device="cpu") -> int:
+    """The largest of the ranks' values (a stop request: 0, or a signal number)."""
+    return int(_agree(value, dist.ReduceOp.MAX if active() else None, device))
+
+
+def agree_min(value: int, device="cpu") -> int:
+    """The smallest of the ranks' values (the budget's epoch count: every rank must fit it)."""
+    return int(_agree(value, dist.ReduceOp.MIN if active() else None, device))
+
+
+def barrier() -> None:
+    if active():
+        try:
+            dist.barrier()
+        except RuntimeError as e:
+            raise _lost(e) from None
+
+
+def gather_arrays(array: np.ndarray) -> np.ndarray:
+    """Every rank's array, concatenated in rank order, on every rank."""
+    if not active():
+        return array
+    parts = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(parts, array)
+    except RuntimeError as e:
+        raise _lost(e) from None
+    return np.concatenate(parts)
+
+
+def share(n: int, rank: int, world_size: int) -> slice:
+    """The contiguous part [start, stop) of n items that ``rank`` evaluates: the parts of all ranks
+    are disjoint and cover every item once, the first n % world_size ranks taking one more."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def broadcast_buffers(network: nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics). DDP does so at each
+    forward, but each rank then updates them from its own share of the batch; before evaluating,
+    all ranks must hold what rank 0 holds and saves."""
+    if not active():
+        return
+    try:
+        for buffer in network.buffers():
+            dist.broadcast(buffer, src=0)
+    except RuntimeError as e:
+        raise _lost(e) from None
+
+
+def parameters_agree(network: nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters and buffers (a check after training)."""
+    if not active():
+        return True
+    values = [v.detach().double().sum() for v in network.state_dict().values()
+              if v.is_floating_point()]
+    local = torch.stack(values).cpu()
+    low, high = local.clone(), local.clone()
+    try:
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    except RuntimeError as e:
+        raise _lost(e) from None
+    return bool(torch.equal(low, high))
+
+
+# --------------------------------------------------------------------------------------------
+# Synchronized batch norm
+
+class _CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch: per-channel sums and
+    sums of squares are added over all ranks (differentiably, so the gradients are the global
+    batch's too). For CPU and gloo; on CUDA torch's own nn.SyncBatchNorm is used. Its state dict is
+    a plain batch norm's, so checkpoints load into the plain network."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        wide = x.double()
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
+        stats = torch.cat([wide.sum(dims), (wide * wide).sum(dims), count])
+        stats = differentiable_all_reduce(stats)
+        c = x.shape[1]
+        total = stats[-1]
+        mean = stats[:c] / total
+        var = stats[c:2 * c] / total - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else \
+                    1.0 / self.num_batches_tracked.item()
+                unbiased = var * total / max(total.item() - 1, 1)
+                self.running_mean.mul_(1 - m).add_(mean.to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        y = (wide - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        y = y.to(x.dtype)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(network: nn.Module, device: torch.device) -> nn.Module:
+    """The network with every batch norm synchronized over the process group."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    return _replace_batchnorm(network)
+
+
+def _replace_batchnorm(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+            not isinstance(module, _CpuSyncBatchNorm):
+        synced = _CpuSyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                   module.affine, module.track_running_stats)
+        synced.load_state_dict(module.state_dict())
+        synced.to(next(iter(module.state_dict().values())).device)
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        setattr(module, name, _replace_batchnorm(child))
+    return module

@@ -1,0 +1,249 @@
+"""Data-parallel training and evaluation under torchrun: two gloo processes on CPU, launched as a
+user launches them (``python -m torch.distributed.run --standalone --nproc_per_node 2 main.py``)."""
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import distributed
+from cifar_files import write_cifar
+from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
+from Model import batch_slices, global_batch_sizes
+
+TIMEOUT = 240
+FLAGS = [*TINY, "--split_index", "32", "--quiet", "--save_interval", "1"]
+
+
+def torchrun_cmd(args, nproc: int = 2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", MAIN, *map(str, args)]
+
+
+def torchrun(args, nproc: int = 2, env: dict = None, timeout: int = TIMEOUT):
+    return subprocess.run(torchrun_cmd(args, nproc), cwd=ROOT, env=dict(ENV, **(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_torchrun(args, env: dict = None) -> subprocess.Popen:
+    return subprocess.Popen(torchrun_cmd(args), cwd=ROOT, env=dict(ENV, **(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def paused_pid(proc: subprocess.Popen, timeout: float = TIMEOUT) -> int:
+    """The pid a paused rank reports on stderr (the pause hook's line)."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stderr:
+        found = re.search(r"paused before step \d+ of epoch \d+ \(pid (\d+)", line)
+        if found:
+            return int(found.group(1))
+        assert time.monotonic() < deadline, "no rank paused"
+    proc.wait()
+    raise AssertionError(f"torchrun ended (rc {proc.returncode}) before a rank paused")
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    """40 training images (32 train, 8 valid) and 1,001 test images: an odd number, so that
+    two ranks evaluate unequal parts."""
+    data_dir = str(tmp_path_factory.mktemp("dist") / "data")
+    write_cifar(data_dir, n_per_batch=8, n_test=1001)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def two_process_run(cifar, tmp_path_factory):
+    modeldir = str(tmp_path_factory.mktemp("dist") / "ddp")
+    r = torchrun(["--mode", "train", "--data_dir", cifar, "--modeldir", modeldir,
+                  "--max_epoch", "2", *FLAGS])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return modeldir, r
+
+
+# --------------------------------------------------------------------------------------------
+# Pure parts
+
+@pytest.mark.parametrize("n, batch_size, world", [(10, 4, 2), (9, 4, 2), (1001, 64, 2),
+                                                  (12, 6, 3), (13, 6, 3), (20, 8, 1)])
+def test_each_step_is_one_global_batch_split_between_the_ranks(n, batch_size, world):
+    shares = [batch_slices(n, batch_size, rank, world) for rank in range(world)]
+    sizes = global_batch_sizes(n, batch_size, world)
+    assert all(len(s) == len(sizes) for s in shares)  # every rank takes every step
+    for step, size in enumerate(sizes):
+        together = sorted(torch.cat([s[step] for s in shares]).tolist())
+        assert together == list(range(step * batch_size, step * batch_size + size))
+        assert all(len(s[step]) > 0 for s in shares)
+    covered = sum(sizes)
+    # Only a last batch smaller than the number of processes is left out.
+    assert n - covered == (0 if world == 1 or n % batch_size == 0 or n % batch_size >= world
+                           else n % batch_size)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 1001])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_evaluation_shares_count_every_image_once(n, world):
+    parts = [distributed.share(n, rank, world) for rank in range(world)]
+    covered = [i for p in parts for i in range(n)[p]]
+    assert covered == list(range(n))
+    assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_the_environment_is_read_as_torchrun_sets_it():
+    assert distributed.from_environment({}) == distributed.SINGLE
+    ctx = distributed.from_environment({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.is_main) == (1, 2, 1, False)
+    for bad in ({"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}):
+        with pytest.raises(distributed.DistributedError, match="torchrun"):
+            distributed.from_environment(bad)
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_is_refused(cifar, tmp_path):
+    r = torchrun(["--mode", "train", "--data_dir", cifar, "--modeldir", str(tmp_path / "m"),
+                  *FLAGS, "--batch_size", "7"])
+    assert r.returncode != 0
+    said = [line for line in r.stderr.splitlines() if "--batch_size 7" in line]
+    assert len(said) == 1 and "multiple of 2" in said[0], r.stderr
+    assert not os.path.exists(tmp_path / "m")
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation on two processes
+
+def test_two_processes_train_with_one_voice_and_one_set_of_files(two_process_run):
+    modeldir, r = two_process_run
+    lines = r.stdout.splitlines()
+    assert len([line for line in lines if re.match(r"epoch +\d+/2", line)]) == 2, r.stdout
+    starts = [line for line in lines if line.startswith("training ")]
+    assert len(starts) == 1 and starts[0].endswith("on 2 processes (gloo)"), r.stdout
+    assert len([line for line in lines if line.startswith("config: ")]) == 1
+    assert sorted(os.listdir(modeldir)) == [".lock", "config.json", "metrics.csv",
+                                             "model-1.ckpt", "model-2.ckpt", "model-best.ckpt"]
+    with open(os.path.join(modeldir, "metrics.csv")) as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
+    ckpt = load(os.path.join(modeldir, "model-2.ckpt"))
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    # Every image of the 32 is trained on once per epoch, across the two ranks.
+    assert ckpt["metrics"][0]["train_acc"] * 32 == pytest.approx(round(ckpt["metrics"][0]["train_acc"] * 32))
+
+
+def test_the_distributed_checkpoint_gives_the_same_validation_in_one_process(two_process_run,
+                                                                             cifar):
+    modeldir, _ = two_process_run
+    reported = load(os.path.join(modeldir, "model-2.ckpt"))["metrics"][1]["valid_acc"]
+    r = run_main(["--mode", "test", "--data_dir", cifar, "--modeldir", modeldir, "--checkpoints",
+                  "2", "--eval_set", "valid", "--device", "cpu", "--quiet"])
+    assert r.returncode == 0, r.stderr
+    row = re.search(r"model-2\.ckpt\s+2\s+([\d.]+)%\s+[\d.]+\s+8\b", r.stdout)
+    assert row, r.stdout
+    assert float(row.group(1)) == pytest.approx(100 * reported, abs=0.005)
+
+
+def test_distributed_test_counts_every_image_once(two_process_run, cifar):
+    modeldir, _ = two_process_run
+    args = ["--mode", "test", "--data_dir", cifar, "--modeldir", modeldir, "--checkpoints", "2",
+            "--device", "cpu", "--quiet"]
+    single = run_main(args)
+    both = torchrun(args)
+    assert single.returncode == 0 and both.returncode == 0, single.stderr + both.stderr
+    table = re.compile(r"model-2\.ckpt\s+2\s+([\d.]+)%\s+([\d.]+)\s+(\d+)")
+    a, b = table.search(single.stdout), table.search(both.stdout)
+    assert a and b, single.stdout + both.stdout
+    assert b.group(3) == "1001" and a.group(1) == b.group(1)
+    assert float(a.group(2)) == pytest.approx(float(b.group(2)), abs=1e-4)
+    assert both.stdout.count("confusion matrix") == 1  # one report, from rank 0
+
+
+def _one_step(cifar, modeldir, nproc, *extra):
+    # 16 training images in one global batch of 16: exactly one step.
+    args = ["--mode", "train", "--data_dir", cifar, "--modeldir", modeldir, *TINY, "--quiet",
+            "--split_index", "16", "--batch_size", "16", "--max_epoch", "1", *extra]
+    r = torchrun(args, nproc) if nproc > 1 else run_main(args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return load(os.path.join(modeldir, "model-1.ckpt"))["model"]
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def test_sync_bn_makes_two_processes_step_like_one(cifar, tmp_path):
+    single = _one_step(cifar, str(tmp_path / "one"), 1)
+    synced = _one_step(cifar, str(tmp_path / "sync"), 2, "--sync_bn")
+    assert single.keys() == synced.keys()
+    assert _largest_difference(single, synced) < 1e-5
+    # Without it each rank normalizes by the statistics of its own 8 images: not the same step.
+    plain = _one_step(cifar, str(tmp_path / "plain"), 2)
+    assert _largest_difference(single, plain) > 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Faults
+
+def test_a_signal_to_one_rank_stops_both_and_the_run_resumes_exactly(two_process_run, cifar,
+                                                                      tmp_path):
+    straight, _ = two_process_run
+    modeldir = str(tmp_path / "stopped")
+    args = ["--mode", "train", "--data_dir", cifar, "--modeldir", modeldir, "--max_epoch", "2",
+            *FLAGS]
+    proc = start_torchrun(args, env={"RESNET_CIFAR_PAUSE_AT": "1:2:1"})  # rank 1, before step 2
+    try:
+        os.kill(paused_pid(proc), signal.SIGTERM)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert out.count("stopped by SIGTERM") + err.count("stopped by SIGTERM") == 1, out + err
+    interrupted = load(os.path.join(modeldir, "interrupted.ckpt"))
+    assert (interrupted["epoch"], interrupted["step"]) == (0, 3)
+    assert interrupted["partial"]["seen"] == 24  # three global batches of 8
+    other_size = str(tmp_path / "one_process")
+    shutil.copytree(modeldir, other_size)
+
+    r = torchrun(args + ["--resume"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_training_state(load(os.path.join(straight, "model-2.ckpt")),
+                               load(os.path.join(modeldir, "model-2.ckpt")))
+
+    # At another world size the run goes on from the same step (close, not bit-exact).
+    r = run_main(["--mode", "train", "--data_dir", cifar, "--modeldir", other_size,
+                  "--max_epoch", "2", *FLAGS, "--resume"])
+    assert r.returncode == 0, r.stderr
+    assert "3 steps into epoch 1" in r.stdout
+    assert [m["epoch"] for m in load(os.path.join(other_size, "model-2.ckpt"))["metrics"]] == [1, 2]
+
+
+def test_a_rank_that_dies_ends_the_run_instead_of_hanging(cifar, tmp_path):
+    args = ["--mode", "train", "--data_dir", cifar, "--modeldir", str(tmp_path / "m"),
+            "--max_epoch", "2", *FLAGS, "--dist_timeout", "20"]
+    proc = start_torchrun(args, env={"RESNET_CIFAR_PAUSE_AT": "1:1:1"})
+    began = time.monotonic()
+    try:
+        os.kill(paused_pid(proc), signal.SIGKILL)
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert time.monotonic() - began < 120
+
+
+def test_torchrun_is_refused_where_one_process_is_meant(cifar, tmp_path):
+    r = torchrun(["--mode", "sweep", "--sweep", "learning_rate", "0.1", "--data_dir", cifar,
+                  "--modeldir", str(tmp_path / "s"), *FLAGS])
+    assert r.returncode != 0
+    assert r.stderr.count("--mode sweep runs in one process") == 1, r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs two CUDA devices")
+def test_two_gpus_train_with_nccl(cifar, tmp_path):
+    r = torchrun(["--mode", "train", "--data_dir", cifar, "--modeldir", str(tmp_path / "g"),
+                  *[f for f in FLAGS if f != "cpu" and f != "--device"], "--max_epoch", "1"])
+    assert r.returncode == 0, r.stderr
+    assert "on 2 processes (nccl)" in r.stdout
