@@ -9,13 +9,9 @@ several processes split one epoch between them.
 Checkpoint files (their format, atomic writes, checks and random states) are ``checkpoints.py``'s job.
 """
 import contextlib
-import copy
-import io
 import math
 import os
 import signal
-import sys
-import threading
 import time
 
 import numpy as np
@@ -24,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ImageUtils
+import budget
 import checkpoints
 import records
 import reports
@@ -31,9 +28,10 @@ import distributed
 import schedules
 import stop_requests
 from ema import WeightAverage
-from stop_requests import PAUSE_ENV  # noqa: F401  (the tests' pause hook, named where it always was)
-from checkpoints import (BEST, INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
+from stop_requests import PAUSE_ENV  # noqa: F401  (the tests' pause hook, also named here)
+from checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
                          read_checkpoint)
+from batches import batch_slices, epoch_plan, global_batch_sizes
 from DataReader import fingerprint
 from NetWork import build_network, depth_of
 from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config, ConfigError
@@ -109,35 +107,6 @@ def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_
             {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
 
 
-def epoch_plan(n: int, epoch: int, seed: int):
-    """The seeded plan of one epoch: a permutation of n images, crop offsets and flips for each
-    position of that permutation. Identical in every process, whatever its rank."""
-    # Wrapped to 64 bits so that every seed configure.py admits (0 to 2**63 - 1) gives a generator.
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 64)
-    order = torch.randperm(n, generator=generator)
-    offsets, flips = ImageUtils.draw_batch_crop_flip(n, generator)
-    return order, offsets, flips
-
-
-def batch_slices(n: int, batch_size: int, rank: int = 0, world_size: int = 1):
-    """Position ranges of one process's share of each global batch of ``batch_size`` positions
-    of the permutation: step k covers positions k * batch_size to (k + 1) * batch_size - 1, and
-    rank r takes those of them that are r modulo world_size. The last batch may be smaller; under
-    several processes one with fewer positions than processes is left out, so that no process
-    has an empty step."""
-    sizes = global_batch_sizes(n, batch_size, world_size)
-    return [torch.arange(k * batch_size + rank, k * batch_size + size, world_size)
-            for k, size in enumerate(sizes)]
-
-
-def global_batch_sizes(n: int, batch_size: int, world_size: int = 1):
-    """The number of images of each step over all processes (see batch_slices)."""
-    sizes = [min(batch_size, n - k) for k in range(0, n, batch_size)]
-    if world_size > 1 and sizes and sizes[-1] < world_size:
-        sizes.pop()
-    return sizes
-
-
 # --------------------------------------------------------------------------------------------
 # Run descriptions
 
@@ -155,26 +124,6 @@ def describe(config_dict: dict) -> str:
 
 def config_differences(saved: dict, current: dict, keys) -> list:
     return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
-
-
-def find_checkpoint(modeldir: str, epoch) -> str:
-    """The path of model-<epoch>.ckpt (model-best.ckpt for "best") in modeldir; CheckpointError
-    if there is no such file."""
-    if not os.path.isdir(modeldir):
-        raise CheckpointError(f"--modeldir {modeldir} does not exist, so it holds no checkpoint "
-                              f"{epoch}; check --modeldir.")
-    path = checkpoint_path(modeldir, epoch)
-    checkpoints.refuse_non_file(path)
-    if epoch == "best" and not os.path.isfile(path):
-        raise CheckpointError(f"no {BEST} in {modeldir}: it is written when a validation "
-                              f"accuracy is the best so far, so a run with --train_all has "
-                              f"none; give checkpoint numbers instead.")
-    if not os.path.isfile(path):
-        found = list_checkpoints(modeldir)
-        have = (f"checkpoints there: {', '.join(map(str, found))}" if found
-                else "it holds no checkpoints")
-        raise CheckpointError(f"no checkpoint {epoch} in {modeldir} ({have}).")
-    return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,7 +233,7 @@ class MyModel:
             raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
     def checkpoint_file(self, epoch) -> str:
-        return find_checkpoint(self.config.modeldir, epoch)
+        return checkpoints.find_checkpoint(self.config.modeldir, epoch)
 
     def load(self, checkpoint) -> dict:
         """Load weights from a checkpoint (number, "best" or path) into the network; return it."""
@@ -313,7 +262,7 @@ class MyModel:
     def _resume_source(self, resume):
         """(path, checkpoint) to resume from; (None, None) when "latest" finds none."""
         if resume == "latest":
-            return self._newest_checkpoint()
+            return checkpoints.newest_resumable(self.config.modeldir, self.log)
         path = self.checkpoint_file(int(resume))
         return path, read_checkpoint(path, for_resume=True)
 
@@ -331,8 +280,12 @@ class MyModel:
         diffs = config_differences(saved, current, keys)
         if diffs:
             what = "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in diffs)
+            recipe = saved_config.get("recipe", "course")
+            hint = f" (it was trained with --recipe {recipe})" \
+                if recipe != self.config.recipe else ""
             raise CheckpointError(f"cannot resume from {path}: the run differs ({what}). Use the "
-                                  f"same flags and data, or another --modeldir for a new run.")
+                                  f"same flags{hint} and data, or another --modeldir for a new "
+                                  f"run.")
         if saved_config.get("lr_schedule", "step") != "step" and \
                 saved_config.get("max_epoch") != self.config.max_epoch:
             raise CheckpointError(f"cannot resume from {path} with --max_epoch "
@@ -383,43 +336,6 @@ class MyModel:
         elif self.scaler.is_enabled():
             self.log("the checkpoint was saved without fp16, so the loss scale starts afresh.")
 
-    def _newest_checkpoint(self):
-        """(path, checkpoint) of the furthest resumable checkpoint in modeldir, or (None, None)."""
-        candidates = [(e, 0, checkpoint_path(self.config.modeldir, e))
-                      for e in list_checkpoints(self.config.modeldir)]
-        interrupted = os.path.join(self.config.modeldir, INTERRUPTED)
-        if os.path.lexists(interrupted):
-            try:
-                ck = read_checkpoint(interrupted, for_resume=True)
-                candidates.append((ck["epoch"], ck["step"], interrupted))
-            except CheckpointError as e:
-                self.log(f"skipping {e}")
-        for _, _, path in sorted(candidates, reverse=True):
-            try:
-                return path, read_checkpoint(path, for_resume=True)
-            except CheckpointError as e:
-                self.log(f"skipping {e}")
-        if candidates or os.path.lexists(interrupted):  # starting anew would overwrite them
-            names = checkpoints.run_files(self.config.modeldir)
-            raise CheckpointError(f"no checkpoint in {self.config.modeldir} is loadable "
-                                  f"({', '.join(names)}), so there is nothing to resume from; "
-                                  f"move them away to start anew.")
-        return None, None
-
-    def _drop_best_past(self, epoch: int) -> None:
-        """On resume from ``epoch``, a model-best.ckpt of a later epoch belongs to a run that is
-        being retraced: drop it, so that it cannot outlive what it was the best of."""
-        path = checkpoint_path(self.config.modeldir, "best")
-        if not os.path.isfile(path):
-            return
-        try:
-            best_epoch = read_checkpoint(path)["epoch"]
-        except CheckpointError as e:
-            self.log(f"replacing {e}")
-            best_epoch = epoch + 1
-        if best_epoch > epoch:
-            os.remove(path)
-
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):
         if self.dist.is_main:  # under torchrun the ranks hold the same weights: one writes
             checkpoints.atomic_save(self._state(step, partial or {}, data_digest), path)
@@ -446,7 +362,7 @@ class MyModel:
         if main:
             os.makedirs(cfg.modeldir, exist_ok=True)
             checkpoints.clean_stale_temporaries(cfg.modeldir)
-            self._drop_best_past(self.epoch)
+            checkpoints.drop_best_past(cfg.modeldir, self.epoch, self.log)
             records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
                 "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
                 "train_images": len(x_train),
@@ -469,7 +385,7 @@ class MyModel:
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
         if cfg.budget_minutes and self.epoch == 0 and start_step == 0:
-            self._plan_budget(images, labels, x_valid)
+            budget.fit(self, images, labels, x_valid)
         if self.epoch >= cfg.max_epoch:
             self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
                      f"{cfg.max_epoch}; raise --max_epoch to train further.")
@@ -625,68 +541,6 @@ class MyModel:
                               torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
         totals = distributed.all_sum(totals.to(self._collective_device()))
         return totals[0].item(), int(totals[1].item()), int(totals[2].item())
-
-    def _plan_budget(self, images, labels, x_valid) -> None:
-        """--budget_minutes: time a few training steps (on a copy of the network, so the run itself
-        is untouched) and a validation batch, then set max_epoch to the whole epochs that fit into
-        what is left of the budget, and move the step schedule's decay epochs along."""
-        cfg = self.config
-        slices = batch_slices(len(labels), cfg.batch_size, self.dist.rank, self.dist.world_size)
-        order, offsets, flips = epoch_plan(len(labels), 1, cfg.seed)
-        network = copy.deepcopy(self.network).train()
-        optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate,
-                                    momentum=cfg.momentum)
-        warm, timed = 2, max(4, min(20, len(slices)))
-        for i in range(warm + timed):
-            if i == warm:
-                self._synchronize()
-                start = time.perf_counter()
-            positions = slices[i % len(slices)].to(self.device)
-            index = order.to(self.device)[positions]
-            x = self._images(images[index], True, offsets.to(self.device)[positions],
-                             flips.to(self.device)[positions])
-            with self._autocast():
-                loss = F.cross_entropy(network(x), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        self._synchronize()
-        step_seconds = (time.perf_counter() - start) / timed
-        del network, optimizer
-        eval_seconds = 0.0
-        if x_valid is not None and len(x_valid):
-            sample = x_valid[:min(len(x_valid), cfg.eval_batch_size)]
-            begin = time.perf_counter()
-            self._logits(sample, "timing validation")
-            self._synchronize()
-            eval_seconds = (time.perf_counter() - begin) * len(x_valid) / len(sample)
-        begin = time.perf_counter()
-        torch.save(self._state(0, {}, ""), io.BytesIO())
-        save_seconds = 2 * (time.perf_counter() - begin)  # at most a best and a numbered one
-        spent = time.monotonic() - self.started
-        planned_from = cfg.max_epoch
-        epochs = schedules.plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices),
-                                       eval_seconds, save_seconds)
-        epochs = distributed.agree_min(epochs, self._collective_device())  # the slowest rank's
-        if epochs <= cfg.warmup_epochs:
-            raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
-                              f"epoch(s) at the measured speed, no more than --warmup_epochs "
-                              f"{cfg.warmup_epochs:g}; give more minutes or fewer warm-up epochs.")
-        cfg.max_epoch = epochs
-        if cfg.lr_schedule == "step":
-            cfg.lr_decay_epochs = schedules.stretch_decay_epochs(cfg.lr_decay_epochs,
-                                                                 planned_from, epochs)
-        decay = f", decay after epochs {' '.join(map(str, cfg.lr_decay_epochs))}" \
-            if cfg.lr_schedule == "step" else ""
-        self.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
-                 f"{step_seconds * 1000:.0f} ms per step x {len(slices)} steps = "
-                 f"{step_seconds * len(slices):.0f} s per epoch, validation {eval_seconds:.1f} s, "
-                 f"checkpoint {save_seconds:.1f} s -> {epochs} epochs ({cfg.lr_schedule} "
-                 f"schedule{decay})")
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor):
         """(what training minimizes, the cross-entropy it reports): the cross-entropy, against

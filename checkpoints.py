@@ -471,3 +471,64 @@ def restore_rng_states(states: dict) -> None:
     if "cuda" in states and torch.cuda.is_available() and \
             len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# --------------------------------------------------------------------------------------------
+# Finding checkpoints in a model folder
+
+def find_checkpoint(modeldir: str, epoch) -> str:
+    """The path of model-<epoch>.ckpt (model-best.ckpt for "best") in modeldir; CheckpointError
+    if there is no such file."""
+    if not os.path.isdir(modeldir):
+        raise CheckpointError(f"--modeldir {modeldir} does not exist, so it holds no checkpoint "
+                              f"{epoch}; check --modeldir.")
+    path = checkpoint_path(modeldir, epoch)
+    refuse_non_file(path)
+    if epoch == "best" and not os.path.isfile(path):
+        raise CheckpointError(f"no {BEST} in {modeldir}: it is written when a validation "
+                              f"accuracy is the best so far, so a run with --train_all has "
+                              f"none; give checkpoint numbers instead.")
+    if not os.path.isfile(path):
+        found = list_checkpoints(modeldir)
+        have = (f"checkpoints there: {', '.join(map(str, found))}" if found
+                else "it holds no checkpoints")
+        raise CheckpointError(f"no checkpoint {epoch} in {modeldir} ({have}).")
+    return path
+
+
+def newest_resumable(modeldir: str, log=print):
+    """(path, checkpoint) of the furthest resumable checkpoint in modeldir (interrupted.ckpt
+    included), skipping damaged ones with a line each; (None, None) if the folder holds none."""
+    candidates = [(e, 0, checkpoint_path(modeldir, e)) for e in list_checkpoints(modeldir)]
+    interrupted = os.path.join(modeldir, INTERRUPTED)
+    if os.path.lexists(interrupted):
+        try:
+            ck = read_checkpoint(interrupted, for_resume=True)
+            candidates.append((ck["epoch"], ck["step"], interrupted))
+        except CheckpointError as e:
+            log(f"skipping {e}")
+    for _, _, path in sorted(candidates, reverse=True):
+        try:
+            return path, read_checkpoint(path, for_resume=True)
+        except CheckpointError as e:
+            log(f"skipping {e}")
+    if candidates or os.path.lexists(interrupted):  # starting anew would overwrite them
+        raise CheckpointError(f"no checkpoint in {modeldir} is loadable "
+                              f"({', '.join(run_files(modeldir))}), so there is nothing to resume "
+                              f"from; move them away to start anew.")
+    return None, None
+
+
+def drop_best_past(modeldir: str, epoch: int, log=print) -> None:
+    """On resume from ``epoch``, a model-best.ckpt of a later epoch belongs to a run that is being
+    retraced: drop it, so that it cannot outlive what it was the best of."""
+    path = checkpoint_path(modeldir, "best")
+    if not os.path.isfile(path):
+        return
+    try:
+        best_epoch = read_checkpoint(path)["epoch"]
+    except CheckpointError as e:
+        log(f"replacing {e}")
+        best_epoch = epoch + 1
+    if best_epoch > epoch:
+        os.remove(path)

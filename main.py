@@ -292,7 +292,7 @@ def _validation_split(model, numbers, x_train, y_train):
 def _from_checkpoint(config: Config, args, number) -> Config:
     """The configuration with the network and data set a checkpoint was trained with, so test and
     predict need no network flags; one given explicitly that disagrees is refused."""
-    path = Model.find_checkpoint(config.modeldir, number)
+    path = checkpoints.find_checkpoint(config.modeldir, number)
     saved = checkpoints.read_checkpoint(path)["config"]
     changes = {}
     for key in ARCHITECTURE_KEYS:
@@ -351,7 +351,7 @@ def run_predict(config: Config, args) -> int:
     x = DataReader.load_testing_images(private)
     model.load(number)
     probabilities = model.predict_prob(x)
-    source = os.path.basename(Model.find_checkpoint(config.modeldir, number))
+    source = os.path.basename(checkpoints.find_checkpoint(config.modeldir, number))
     if output.lower().endswith(".csv"):  # the hand-in format: a predicted class per image
         labels = probabilities.argmax(axis=1)
         text = "id,label\n" + "".join(f"{i},{int(c)}\n" for i, c in enumerate(labels))
@@ -384,7 +384,7 @@ def run_plot(config: Config, args) -> int:
         print(f"wrote {plots.draw_curves(config.modeldir)}")
         found = checkpoints.list_checkpoints(config.modeldir)
         if found:  # the weights of the newest checkpoint: what L1 and L2 do to them
-            ckpt = checkpoints.read_checkpoint(Model.find_checkpoint(config.modeldir, found[-1]))
+            ckpt = checkpoints.read_checkpoint(checkpoints.find_checkpoint(config.modeldir, found[-1]))
             magnitudes = np.concatenate([v.abs().flatten().double().numpy()
                                          for k, v in ckpt["model"].items()
                                          if v.is_floating_point() and "running_" not in k])

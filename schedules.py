@@ -1,4 +1,4 @@
-"""Learning-rate schedules and the time-budget planner, as pure functions.
+"""Learning-rate schedules, as pure functions of the step.
 
 The rate of a step depends only on the configuration, the epoch, the step within it and the number
 of steps an epoch has, never on what happened before: a resumed run sets exactly the rates the
@@ -49,29 +49,3 @@ def lr_at_step(config, epoch: int, step: int, steps_per_epoch: int) -> float:
     if g < warmup:
         rate *= min(1.0, (g + 1) / warmup)
     return rate
-
-
-def plan_epochs(budget_seconds: float, spent_seconds: float, train_seconds_per_epoch: float,
-                eval_seconds_per_epoch: float, save_seconds: float = 0.0,
-                margin: float = 0.03) -> int:
-    """Whole epochs that fit into what is left of a wall-time budget: (budget - spent), less a
-    ``margin`` share kept in hand, divided by the time of one epoch (training, validation and a
-    checkpoint); at least 1."""
-    per_epoch = train_seconds_per_epoch + eval_seconds_per_epoch + save_seconds
-    left = (budget_seconds - spent_seconds) * (1 - margin)
-    if per_epoch <= 0:
-        raise ValueError("an epoch must take some time")
-    return max(1, int(left // per_epoch))
-
-
-def stretch_decay_epochs(decay_epochs, planned_from: int, planned_to: int):
-    """The step schedule's decay epochs moved to the same fractions of a run of ``planned_to``
-    epochs as they had in one of ``planned_from``; distinct, increasing, within the run."""
-    stretched = []
-    for e in decay_epochs:
-        moved = max(1, round(e * planned_to / planned_from))
-        if stretched and moved <= stretched[-1]:
-            moved = stretched[-1] + 1
-        if moved < planned_to:
-            stretched.append(moved)
-    return tuple(stretched)

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import distributed
 from cifar_files import write_cifar
 from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
-from Model import batch_slices, global_batch_sizes
+from batches import batch_slices, global_batch_sizes
 
 TIMEOUT = 240
 FLAGS = [*TINY, "--split_index", "32", "--quiet", "--save_interval", "1"]

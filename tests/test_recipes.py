@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import ImageUtils
 import Model
+import budget
 import checkpoints
 import main
 import schedules
@@ -113,6 +114,13 @@ def test_resume_in_the_middle_of_a_schedule_is_bit_exact(tmp_path, monkeypatch, 
     if values.get("ema"):
         for k in a["ema"]:
             assert torch.equal(a["ema"][k], b["ema"][k]), f"weight average {k} differs"
+
+
+def test_resuming_a_fast_run_without_its_recipe_names_the_recipe(tmp_path):
+    x, y = data(16)
+    tiny_model(tmp_path, recipe="fast", lr_schedule="onecycle", max_epoch=3).train(x, y)
+    with pytest.raises(checkpoints.CheckpointError, match="trained with --recipe fast"):
+        tiny_model(tmp_path, max_epoch=3).train(x, y, resume="latest")
 
 
 def test_resuming_a_one_cycle_run_with_another_length_is_refused(tmp_path):
@@ -310,15 +318,15 @@ def test_config_refuses_bad_values_directly():
 # --------------------------------------------------------------------------------------------
 # The time budget
 
-@pytest.mark.parametrize("budget, spent, train, valid, save, expected", [
+@pytest.mark.parametrize("seconds, spent, train, valid, save, expected", [
     (600, 30, 50, 5, 1, 9),      # (570 * 0.97) / 56 = 9.87
     (600, 30, 50, 4, 0, 10),     # 552.9 / 54 = 10.2
     (1800, 20, 80, 3, 0.5, 20),  # 1726.6 / 83.5 = 20.7
     (60, 50, 100, 0, 0, 1),      # nothing fits: one epoch all the same
 ])
-def test_budget_planner_gives_the_expected_epoch_count(budget, spent, train, valid, save,
+def test_budget_planner_gives_the_expected_epoch_count(seconds, spent, train, valid, save,
                                                        expected):
-    assert schedules.plan_epochs(budget, spent, train, valid, save) == expected
+    assert budget.plan_epochs(seconds, spent, train, valid, save) == expected
 
 
 @pytest.mark.parametrize("epochs, frm, to, expected", [
@@ -328,24 +336,24 @@ def test_budget_planner_gives_the_expected_epoch_count(budget, spent, train, val
     ((1, 2), 10, 2, (1,)),
 ])
 def test_decay_epochs_are_stretched_to_the_planned_run(epochs, frm, to, expected):
-    assert schedules.stretch_decay_epochs(epochs, frm, to) == expected
+    assert budget.stretch_decay_epochs(epochs, frm, to) == expected
 
 
 def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
     calls = []
 
-    def plan(budget, spent, train, valid, save, margin=0.03):
-        calls.append((budget, spent, train, valid, save))
+    def plan(seconds, spent, train, valid, save, margin=0.03):
+        calls.append((seconds, spent, train, valid, save))
         return 3
 
-    monkeypatch.setattr(schedules, "plan_epochs", plan)
+    monkeypatch.setattr(budget, "plan_epochs", plan)
     x, y = data(16)
     lines = []
     model = MyModel(tiny_config(tmp_path, budget_minutes=2.0, max_epoch=20, lr_decay_epochs=(10, 15)),
                     log=lines.append)
     history = model.train(x, y, x[:8], y[:8])
-    (budget, spent, train, valid, save), = calls
-    assert budget == 120 and 0 <= spent < 120 and train > 0 and valid > 0 and save > 0
+    (seconds, spent, train, valid, save), = calls
+    assert seconds == 120 and 0 <= spent < 120 and train > 0 and valid > 0 and save > 0
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert model.config.max_epoch == 3 and model.config.lr_decay_epochs == (2,)  # 1.5 and 2.25
     assert any(line.startswith("budget 2 min:") and "3 epochs" in line for line in lines), lines
@@ -360,7 +368,7 @@ def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
 
 
 def test_a_budget_too_small_for_the_warm_up_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(schedules, "plan_epochs", lambda *a, **k: 2)
+    monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: 2)
     x, y = data(16)
     with pytest.raises(ConfigError, match="--budget_minutes"):
         tiny_model(tmp_path, budget_minutes=1.0, max_epoch=10, lr_schedule="onecycle",

@@ -16,7 +16,8 @@ import checkpoints
 import stop_requests
 from cifar_files import make_batch
 from configure import Config, ConfigError
-from Model import MyModel, batch_slices, epoch_plan, lr_at, select_device
+from batches import batch_slices, epoch_plan
+from Model import MyModel, lr_at, select_device
 
 
 def tiny_config(tmp_path, **overrides) -> Config:

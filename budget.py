@@ -1,0 +1,105 @@
+"""--budget_minutes: fit a training run into a number of minutes of wall time.
+
+The run's first moments time a few training steps (on a copy of the network, so the run itself is
+untouched), a validation batch and a checkpoint's serialization; ``plan_epochs`` turns those into
+the whole epochs that fit into what is left, and ``stretch_decay_epochs`` moves the step schedule's
+decay epochs to the same fractions of the shorter (or longer) run. The other schedules span
+max_epoch by themselves.
+"""
+import copy
+import io
+import time
+
+import torch
+import torch.nn.functional as F
+
+import distributed
+from batches import batch_slices, epoch_plan
+from configure import ConfigError
+
+
+def plan_epochs(budget_seconds: float, spent_seconds: float, train_seconds_per_epoch: float,
+                eval_seconds_per_epoch: float, save_seconds: float = 0.0,
+                margin: float = 0.03) -> int:
+    """Whole epochs that fit into what is left of a wall-time budget: (budget - spent), less a
+    ``margin`` share kept in hand, divided by the time of one epoch (training, validation and a
+    checkpoint); at least 1."""
+    per_epoch = train_seconds_per_epoch + eval_seconds_per_epoch + save_seconds
+    left = (budget_seconds - spent_seconds) * (1 - margin)
+    if per_epoch <= 0:
+        raise ValueError("an epoch must take some time")
+    return max(1, int(left // per_epoch))
+
+
+def stretch_decay_epochs(decay_epochs, planned_from: int, planned_to: int):
+    """The step schedule's decay epochs moved to the same fractions of a run of ``planned_to``
+    epochs as they had in one of ``planned_from``; distinct, increasing, within the run."""
+    stretched = []
+    for e in decay_epochs:
+        moved = max(1, round(e * planned_to / planned_from))
+        if stretched and moved <= stretched[-1]:
+            moved = stretched[-1] + 1
+        if moved < planned_to:
+            stretched.append(moved)
+    return tuple(stretched)
+
+
+def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> None:
+    """Time ``model``'s steps on its training images (on the device), then set its config's
+    max_epoch (and step decay epochs) to fit config.budget_minutes, counted from model.started;
+    the plan is printed. Under torchrun every rank takes the slowest rank's plan."""
+    cfg, ctx = model.config, model.dist
+    slices = batch_slices(len(labels), cfg.batch_size, ctx.rank, ctx.world_size)
+    order, offsets, flips = (t.to(model.device) for t in epoch_plan(len(labels), 1, cfg.seed))
+    network = copy.deepcopy(model.network).train()
+    optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+    warm, timed = 2, max(4, min(20, len(slices)))
+    for i in range(warm + timed):
+        if i == warm:
+            _synchronize(model.device)
+            start = time.perf_counter()
+        positions = slices[i % len(slices)].to(model.device)
+        index = order[positions]
+        x = model._images(images[index], True, offsets[positions], flips[positions])
+        with model._autocast():
+            loss = F.cross_entropy(network(x), labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _synchronize(model.device)
+    step_seconds = (time.perf_counter() - start) / timed
+    del network, optimizer
+    eval_seconds = 0.0
+    if x_valid is not None and len(x_valid):
+        sample = x_valid[:min(len(x_valid), cfg.eval_batch_size)]
+        begin = time.perf_counter()
+        model._logits(sample, "timing validation")
+        _synchronize(model.device)
+        eval_seconds = (time.perf_counter() - begin) * len(x_valid) / len(sample)
+    begin = time.perf_counter()
+    torch.save(model._state(0, {}, ""), io.BytesIO())
+    save_seconds = 2 * (time.perf_counter() - begin)  # at most a best and a numbered one
+    spent = time.monotonic() - model.started
+    planned_from = cfg.max_epoch
+    epochs = plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices), eval_seconds,
+                         save_seconds)
+    epochs = distributed.agree_min(epochs, model._collective_device())  # the slowest rank's
+    if epochs <= cfg.warmup_epochs:
+        raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
+                          f"epoch(s) at the measured speed, no more than --warmup_epochs "
+                          f"{cfg.warmup_epochs:g}; give more minutes or fewer warm-up epochs.")
+    cfg.max_epoch = epochs
+    if cfg.lr_schedule == "step":
+        cfg.lr_decay_epochs = stretch_decay_epochs(cfg.lr_decay_epochs, planned_from, epochs)
+    decay = f", decay after epochs {' '.join(map(str, cfg.lr_decay_epochs))}" \
+        if cfg.lr_schedule == "step" else ""
+    model.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
+              f"{step_seconds * 1000:.0f} ms per step x {len(slices)} steps = "
+              f"{step_seconds * len(slices):.0f} s per epoch, validation {eval_seconds:.1f} s, "
+              f"checkpoint {save_seconds:.1f} s -> {epochs} epochs ({cfg.lr_schedule} "
+              f"schedule{decay})")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
