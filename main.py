@@ -121,9 +121,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
             group.add_argument(f"--{f.name}", dest=f.name, action="store_true",
                                default=argparse.SUPPRESS if suppress_defaults else f.default,
                                help=meta["help"])
-            # SUPPRESS: the default is the field's, set (and shown) by the flag above.
-            group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
-                               default=argparse.SUPPRESS, help=f"turn {f.name} off")
+            # SUPPRESS: the default is the field's, set (and shown) by the flag above. A flag that
+            # is a "no_" already (--no_decay_bn_bias) gets no --no_no_ twin.
+            if not f.name.startswith("no_"):
+                group.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
+                                   default=argparse.SUPPRESS, help=f"turn {f.name} off")
             continue
         kind = type(f.default) if not isinstance(f.default, tuple) else int
         cfg.add_argument(f"--{f.name}", type=kind, help=meta["help"],
@@ -443,6 +445,8 @@ def main(argv=None) -> int:
             plots.PlotError, tensorboard_log.TensorBoardError) as e:
         if args.context.is_main:  # the same on every rank: said once
             print(f"error: {e}", file=sys.stderr)
+        elif args.context.local_rank == 0:  # once per other machine: its files may differ
+            print(f"error (rank {args.context.rank}): {e}", file=sys.stderr)
         return 1
     except OUT_OF_MEMORY:
         print(f"error: the device ran out of memory in --mode {args.mode}; lower --batch_size or "
