@@ -85,12 +85,6 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def lr_at(config: Config, epoch: int) -> float:
-    """Learning rate of (1-based) ``epoch`` under the step schedule: multiplied by lr_decay_factor
-    after each decay epoch. ``schedules.lr_at_step`` gives the rate of any step of any schedule."""
-    return config.learning_rate * config.lr_decay_factor ** schedules.step_decays(config, epoch)
-
-
 def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool):
     """The optimizer's parameter groups: one with weight decay for everything, or, with
     no_decay_bn_bias, a second one without it for the batch-norm weights and every bias."""
@@ -211,7 +205,7 @@ class MyModel:
             "ema": None if self.ema is None else self.ema.state_dict(),
         }
 
-    def _check_fit(self, ckpt: dict, path: str, for_resume: bool = False) -> None:
+    def _check_fit(self, ckpt: dict, path: str) -> None:
         """Refuse a checkpoint of another network, or one whose tensors do not fit this one."""
         saved_config, current = ckpt["config"], self.config.to_dict()
         diffs = config_differences(saved_config, current, ARCHITECTURE_KEYS)
@@ -223,9 +217,6 @@ class MyModel:
                                   f"run builds a {describe(current)} with {now}; pass {flags} to "
                                   f"use it.")
         problem = checkpoints.state_dict_problem(ckpt["model"], self.network.state_dict())
-        if problem is None and for_resume:
-            problem = checkpoints.optimizer_fit_problem(
-                ckpt["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]])
         if problem is None and ckpt.get("ema") is not None:
             problem = checkpoints.state_dict_problem(ckpt["ema"], self.network.state_dict())
             problem = problem and f"its weight average: {problem}"
@@ -292,7 +283,11 @@ class MyModel:
                                   f"{self.config.max_epoch}: its {saved_config['lr_schedule']} "
                                   f"schedule spans the run's {saved_config.get('max_epoch')} "
                                   f"epochs; pass --max_epoch {saved_config.get('max_epoch')}.")
-        self._check_fit(ckpt, path, for_resume=True)  # the optimizer state, once the flags agree
+        # The optimizer state, once the flags (which shape its parameter groups) agree.
+        problem = checkpoints.optimizer_fit_problem(
+            ckpt["optimizer"], [p for g in self.optimizer.param_groups for p in g["params"]])
+        if problem:
+            raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
     def check_resumable(self, resume) -> None:
         """What can be refused about resuming before any data is read."""

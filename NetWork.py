@@ -328,7 +328,17 @@ class resnet18(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class simple_nn(nn.Module):
+class _Baseline(nn.Module):
+    """The course baselines' shape: ``features`` (convolutions), flattened, then ``classifier``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))  # (N, num_classes)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class simple_nn(_Baseline):
     """LeNet-style baseline: (N, 3, 32, 32) float -> (N, num_classes) logits.
 
     conv5x5 3->8, act, max-pool 2 (32 -> 28 -> 14); conv3x3 8->16, act, max-pool 2 (14 -> 12 -> 6);
@@ -348,15 +358,8 @@ class simple_nn(nn.Module):
             nn.Linear(84, num_classes),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (N, 16, 6, 6)
-        return self.classifier(torch.flatten(x, 1))  # (N, num_classes)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-class simple_cnn(nn.Module):
+class simple_cnn(_Baseline):
     """Small CNN baseline: (N, 3, 32, 32) float -> (N, num_classes) logits.
 
     conv3x3 3->32 padding 1, act, max-pool 2 (32 -> 16); conv3x3 32->64 padding 1, act, max-pool 2
@@ -374,13 +377,6 @@ class simple_cnn(nn.Module):
             nn.Linear(64 * 8 * 8, 256), make_activation(activation),
             nn.Linear(256, num_classes),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (N, 64, 8, 8)
-        return self.classifier(torch.flatten(x, 1))  # (N, num_classes)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 def _conv_act_pool(in_channels: int, out_channels: int, kernel_size: int, padding: int,

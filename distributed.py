@@ -107,7 +107,7 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _lost(e: Exception) -> DistributedError:
+def lost_contact(e: BaseException) -> DistributedError:
     rank = dist.get_rank() if dist.is_initialized() else "?"
     return DistributedError(f"rank {rank} lost contact with the other processes ({str(e)[:200]}); "
                             f"one of them has stopped or died. The last checkpoint is kept; "
@@ -122,39 +122,35 @@ def is_lost_contact(e: BaseException) -> bool:
     return isinstance(e, kinds) or any(w in text for w in ("gloo", "nccl", "connection", "timed out"))
 
 
-def lost_contact(e: BaseException) -> DistributedError:
-    return _lost(e)
-
-
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks, in place; returned for convenience. Identity alone."""
     if active():
         try:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         except RuntimeError as e:  # torch's DistBackendError is one
-            raise _lost(e) from None
+            raise lost_contact(e) from None
     return tensor
 
 
-def _agree(value: float, op, device) -> float:
+def _agree(value: float, op: str, device) -> float:
     if not active():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     try:
-        dist.all_reduce(t, op=op)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
     except RuntimeError as e:
-        raise _lost(e) from None
+        raise lost_contact(e) from None
     return t.item()
 
 
 def agree_max(value: int, device="cpu") -> int:
     """The largest of the ranks' values (a stop request: 0, or a signal number)."""
-    return int(_agree(value, dist.ReduceOp.MAX if active() else None, device))
+    return int(_agree(value, "MAX", device))
 
 
 def agree_min(value: int, device="cpu") -> int:
     """The smallest of the ranks' values (the budget's epoch count: every rank must fit it)."""
-    return int(_agree(value, dist.ReduceOp.MIN if active() else None, device))
+    return int(_agree(value, "MIN", device))
 
 
 def barrier() -> None:
@@ -162,7 +158,7 @@ def barrier() -> None:
         try:
             dist.barrier()
         except RuntimeError as e:
-            raise _lost(e) from None
+            raise lost_contact(e) from None
 
 
 def gather_arrays(array: np.ndarray) -> np.ndarray:
@@ -173,7 +169,7 @@ def gather_arrays(array: np.ndarray) -> np.ndarray:
     try:
         dist.all_gather_object(parts, array)
     except RuntimeError as e:
-        raise _lost(e) from None
+        raise lost_contact(e) from None
     return np.concatenate(parts)
 
 
@@ -195,7 +191,7 @@ def broadcast_buffers(network: nn.Module) -> None:
         for buffer in network.buffers():
             dist.broadcast(buffer, src=0)
     except RuntimeError as e:
-        raise _lost(e) from None
+        raise lost_contact(e) from None
 
 
 def parameters_agree(network: nn.Module) -> bool:
@@ -210,7 +206,7 @@ def parameters_agree(network: nn.Module) -> bool:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
     except RuntimeError as e:
-        raise _lost(e) from None
+        raise lost_contact(e) from None
     return bool(torch.equal(low, high))
 
 

@@ -17,7 +17,8 @@ import stop_requests
 from cifar_files import make_batch
 from configure import Config, ConfigError
 from batches import batch_slices, epoch_plan
-from Model import MyModel, lr_at, select_device
+import schedules
+from Model import MyModel, select_device
 
 
 def tiny_config(tmp_path, **overrides) -> Config:
@@ -84,6 +85,11 @@ def test_seeded_runs_are_bit_identical_and_seeds_differ(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Schedule and epoch plans
+
+def lr_at(config: Config, epoch: int) -> float:
+    """The step schedule's rate of an epoch (its first step, with no warm-up)."""
+    return schedules.lr_at_step(config, epoch, 0, 1)
+
 
 @pytest.mark.parametrize("epoch, expected", [(1, 0.1), (2, 0.1), (3, 0.01), (4, 0.01), (5, 0.001),
                                              (200, 0.001)])
