@@ -106,6 +106,18 @@ def _batch_folder(data_dir: str, ds: DataSet = CIFAR10) -> str:
     return None
 
 
+def data_files(data_dir: str) -> list:
+    """Every path under data_dir that the readers here may read, present or not: each data set's
+    batch files and class-name file (in its folder or in data_dir itself) and its archive. For
+    callers that must not write over an input."""
+    paths = []
+    for ds in DATASETS.values():
+        for folder in (os.path.join(data_dir, ds.folder), data_dir):
+            paths += [os.path.join(folder, name) for name in ds.train + (ds.test, ds.meta)]
+        paths.append(os.path.join(data_dir, ds.archive))
+    return paths
+
+
 def has_dataset(data_dir: str, dataset: str = "cifar10") -> bool:
     return _batch_folder(data_dir, _data_set(dataset)) is not None
 
@@ -324,6 +336,8 @@ def load_testing_images(path: str) -> np.ndarray:
     Accepted: (N, 3072) rows in the official layout, (N, 32, 32, 3) or (N, 3, 32, 32); uint8, or
     float with values in [0, 255]; C or Fortran order, either byte order. The header is checked
     against the file's size before any pixel is read, so a few bytes cannot ask for gigabytes.
+    Float images that all lie within [0, 1] are most likely scaled to [0, 1]: they are read, with
+    a warning on stderr.
     """
     try:
         f = open(path, "rb")
@@ -372,6 +386,10 @@ def load_testing_images(path: str) -> np.ndarray:
     if low < 0 or high > 255:
         raise DataError(f"{path} has values in [{low:g}, {high:g}]; pixels must lie in [0, 255] "
                         f"(scale images in [0, 1] by 255).")
+    if dtype.kind == "f" and high <= 1.0:  # as dark as this, real photographs never are
+        print(f"warning: {path} holds float images whose pixels all lie within [0, 1]; images are "
+              f"expected in [0, 255], so multiply them by 255 unless they really are this dark.",
+              file=sys.stderr, flush=True)
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 

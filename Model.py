@@ -34,7 +34,8 @@ from checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path, list_che
 from batches import batch_slices, epoch_plan, global_batch_sizes
 from DataReader import fingerprint
 from NetWork import build_network, depth_of
-from configure import ARCHITECTURE_KEYS, RUN_DEFINING_KEYS, Config, ConfigError
+from configure import (ARCHITECTURE_KEYS, RECIPES, RUN_DEFINING_KEYS, Config, ConfigError, applies,
+                       flag)
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -117,7 +118,12 @@ def describe(config_dict: dict) -> str:
 
 
 def config_differences(saved: dict, current: dict, keys) -> list:
-    return [(k, saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)]
+    """[(key, saved value, current value)] of the keys that differ; a key that does not shape the
+    network both name (downsample of simple_nn, say) is not compared."""
+    network = saved.get("network")
+    same_network = network == current.get("network")
+    return [(k, saved.get(k), current.get(k)) for k in keys
+            if saved.get(k) != current.get(k) and not (same_network and not applies(k, network))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +172,7 @@ class MyModel:
         self.mean_std = None  # --normalize dataset: the training split's channel (mean, std)
         self.epoch_callbacks = []  # each called with an epoch's metrics once it is recorded
         self.started = time.monotonic()  # when the run began, for --budget_minutes
+        self.epochs_trained = 0  # by the last call of train in this process
 
     def _amp_dtype(self):
         """None (full precision), torch.bfloat16 or torch.float16."""
@@ -212,16 +219,27 @@ class MyModel:
         if diffs:
             saved = ", ".join(f"{k} {a}" for k, a, _ in diffs)
             now = ", ".join(f"{k} {b}" for k, _, b in diffs)
-            flags = " ".join(f"--{k} {a}" for k, a, _ in diffs)
             raise CheckpointError(f"{path} holds a {describe(saved_config)} with {saved}, but this "
-                                  f"run builds a {describe(current)} with {now}; pass {flags} to "
-                                  f"use it.")
+                                  f"run builds a {describe(current)} with {now}; pass "
+                                  f"{self._flags_for(saved_config, diffs)} to use it.")
         problem = checkpoints.state_dict_problem(ckpt["model"], self.network.state_dict())
         if problem is None and ckpt.get("ema") is not None:
             problem = checkpoints.state_dict_problem(ckpt["ema"], self.network.state_dict())
             problem = problem and f"its weight average: {problem}"
         if problem:
             raise CheckpointError(f"{path} does not fit this network: {problem}.")
+
+    def _flags_for(self, saved_config: dict, diffs) -> str:
+        """The flags that give back a checkpoint's values of the differing keys: its --recipe where
+        the recipe explains them (one set here, or set by the recipe it was trained with), and the
+        others one by one."""
+        recipe = saved_config.get("recipe", "course")
+        if recipe == self.config.recipe:
+            return " ".join(flag(k, a) for k, a, _ in diffs)
+        own = RECIPES.get(recipe, {})
+        rest = [flag(k, a) for k, a, _ in diffs
+                if not (self.config.from_recipe(k) or (k in own and own[k] == a))]
+        return " ".join([f"--recipe {recipe}"] + rest)
 
     def checkpoint_file(self, epoch) -> str:
         return checkpoints.find_checkpoint(self.config.modeldir, epoch)
@@ -251,20 +269,52 @@ class MyModel:
             self.mean_std = (saved["mean"].to(self.device), saved["std"].to(self.device))
 
     def _resume_source(self, resume):
-        """(path, checkpoint) to resume from; (None, None) when "latest" finds none."""
-        if resume == "latest":
-            return checkpoints.newest_resumable(self.config.modeldir, self.log)
-        path = self.checkpoint_file(int(resume))
-        return path, read_checkpoint(path, for_resume=True)
+        """(path, checkpoint) to resume from; CheckpointError when there is none: a resume that
+        finds nothing refuses rather than start over in a folder that may hold a model-best."""
+        modeldir = self.config.modeldir
+        if resume != "latest":
+            path = self.checkpoint_file(int(resume))
+            return path, read_checkpoint(path, for_resume=True)
+        path, ckpt = checkpoints.newest_resumable(modeldir, self.log)
+        if ckpt is None:
+            kept = f" (only {checkpoints.BEST}, which is kept)" \
+                if os.path.lexists(checkpoint_path(modeldir, "best")) else ""
+            raise CheckpointError(f"--resume: {modeldir} holds no numbered or interrupted "
+                                  f"checkpoint{kept}, so there is nothing to resume; drop --resume "
+                                  f"to start a new run, in another --modeldir to keep this one.")
+        return path, ckpt
+
+    def _later_files(self, resume, path: str, ckpt: dict, overwrite: bool) -> list:
+        """The checkpoints past the one resumed from; refused unless --overwrite allows dropping
+        them (and nothing to train drops nothing)."""
+        epoch, modeldir = ckpt["epoch"], self.config.modeldir
+        if resume == "latest":  # whatever lies further on could not be loaded (and was named)
+            return []
+        later = checkpoints.later_files(modeldir, epoch, ckpt["step"], path)
+        if later and not overwrite and epoch < self.config.max_epoch:
+            raise CheckpointError(f"--resume {resume} would train again from epoch {epoch} and "
+                                  f"replace what {modeldir} holds past it ({', '.join(later)}); "
+                                  f"pass --overwrite as well to drop those and retrain from epoch "
+                                  f"{epoch}, or --resume alone to continue from the newest.")
+        return later
 
     def _check_same_run(self, ckpt: dict, path: str, data_digest: str = None) -> None:
         """Refuse to resume a run defined otherwise (data_digest None: the data is not known yet)."""
         self._check_fit(ckpt, path)
         saved_config = ckpt["config"]
-        if self.config.budget_minutes and saved_config.get("budget_minutes"):
-            # The budget was planned when the run began; resuming keeps that plan.
+        budget = saved_config.get("budget_minutes") or 0.0
+        if budget != self.config.budget_minutes:
+            hint = f"pass --budget_minutes {budget:g} to continue its plan" if budget else \
+                "drop --budget_minutes (give --max_epoch to train it further)"
+            raise CheckpointError(f"cannot resume from {path}: it was "
+                                  + (f"planned for --budget_minutes {budget:g} "
+                                     f"({saved_config.get('max_epoch')} epochs)" if budget else
+                                     "not planned by a time budget")
+                                  + f"; {hint}.")
+        if budget:  # the budget was planned when the run began; resuming keeps that plan
             self.config.max_epoch = saved_config.get("max_epoch", self.config.max_epoch)
             self.config.lr_decay_epochs = tuple(saved_config.get("lr_decay_epochs", ()))
+            self.config.warmup_epochs = saved_config.get("warmup_epochs", self.config.warmup_epochs)
         keys = RUN_DEFINING_KEYS + ([] if data_digest is None else ["data"])
         current = dict(self.config.to_dict(), data=data_digest)
         saved = dict(ckpt["config"], data=ckpt.get("data"))
@@ -289,19 +339,18 @@ class MyModel:
         if problem:
             raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
-    def check_resumable(self, resume) -> None:
+    def check_resumable(self, resume, overwrite: bool = False) -> None:
         """What can be refused about resuming before any data is read."""
         path, ckpt = self._resume_source(resume)
-        if ckpt is not None:
-            self._check_same_run(ckpt, path)
+        self._check_same_run(ckpt, path)
+        self._later_files(resume, path, ckpt, overwrite)
 
-    def _resume(self, resume, data_digest: str):
-        """Restore everything from the requested checkpoint; return (step, partial)."""
+    def _resume(self, resume, data_digest: str, overwrite: bool = False):
+        """Restore everything from the requested checkpoint; return (step, partial, the names of
+        the later checkpoints that retraining from it drops)."""
         path, ckpt = self._resume_source(resume)
-        if ckpt is None:
-            self.log(f"no checkpoint in {self.config.modeldir} to resume from; starting anew.")
-            return 0, None
         self._check_same_run(ckpt, path, data_digest)
+        later = self._later_files(resume, path, ckpt, overwrite)
         try:
             self.network.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -321,7 +370,7 @@ class MyModel:
         step = ckpt["step"]
         self.log(f"resuming from {path}: {self.epoch} epoch{'' if self.epoch == 1 else 's'} done"
                  + (f", {step} steps into epoch {self.epoch + 1}" if step else ""))
-        return step, ckpt.get("partial") or None
+        return step, ckpt.get("partial") or None, later
 
     def _restore_scaler(self, saved: dict) -> None:
         # --amp may change on resume: a scaler only exists under fp16, so a run saved under bf16 or
@@ -348,31 +397,28 @@ class MyModel:
         """
         cfg, main = self.config, self.dist.is_main
         digest = fingerprint(x_train, y_train)
-        if resume is None:
+        self.epochs_trained, later, best_kept = 0, [], None
+        # Under torchrun a refusal on any rank (rank 0 alone checks and prepares the folder) stops
+        # every rank, and rank 0 says it.
+        with distributed.all_or_none(CheckpointError, ConfigError):
+            if resume is None:
+                if main:
+                    checkpoints.check_fresh_start(cfg.modeldir, overwrite, self.log)
+                start_step, partial = 0, None
+            else:
+                start_step, partial, later = self._resume(resume, digest, overwrite)
+            if self.epoch >= cfg.max_epoch:  # nothing is written when nothing is trained
+                self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
+                         f"{cfg.max_epoch}; raise --max_epoch to train further.")
+                return self.history
             if main:
-                checkpoints.check_fresh_start(cfg.modeldir, overwrite, self.log)
-            start_step, partial = 0, None
-        else:
-            start_step, partial = self._resume(resume, digest)
-        if main:
-            os.makedirs(cfg.modeldir, exist_ok=True)
-            checkpoints.clean_stale_temporaries(cfg.modeldir)
-            checkpoints.drop_best_past(cfg.modeldir, self.epoch, self.log)
-            records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
-                "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
-                "train_images": len(x_train),
-                "valid_images": 0 if x_valid is None else len(x_valid),
-                "processes": self.dist.world_size})
-        else:
-            partial = None  # the sums of an interrupted epoch are rank 0's to carry
-        distributed.barrier()  # rank 0's preparations are done
+                best_kept = self._prepare_folder(later)
+            else:
+                partial = None  # the sums of an interrupted epoch are rank 0's to carry
         if cfg.normalize == "dataset" and self.mean_std is None:  # once, from the training split
             mean, std = ImageUtils.channel_stats(x_train)
             self.mean_std = (torch.from_numpy(mean).to(self.device),
                              torch.from_numpy(std).to(self.device))
-        metrics_file = records.MetricsFile(cfg.modeldir) if main else None
-        if main:
-            metrics_file.start(self.history)
         pause_at = stop_requests.pause_point(self.dist.rank)
         if self.train_net is None:
             self.train_net = self._training_network()
@@ -380,10 +426,17 @@ class MyModel:
         images = _to_image_tensor(x_train).to(self.device)  # (N, 3, 32, 32) uint8, once
         labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.device)
         if cfg.budget_minutes and self.epoch == 0 and start_step == 0:
-            budget.fit(self, images, labels, x_valid)
-        if self.epoch >= cfg.max_epoch:
-            self.log(f"nothing to train: {self.epoch} epochs done and --max_epoch is "
-                     f"{cfg.max_epoch}; raise --max_epoch to train further.")
+            for key, value in budget.fit(self, images, labels, x_valid).items():
+                setattr(cfg, key, value)  # the plan: the records below hold what runs
+        metrics_file = records.MetricsFile(cfg.modeldir) if main else None
+        with distributed.all_or_none(CheckpointError):
+            if main:
+                records.write_config(cfg.modeldir, cfg.to_dict(), self.device, {
+                    "dataset": getattr(cfg, "dataset", "cifar10"), "data_dir": cfg.data_dir,
+                    "train_images": len(x_train),
+                    "valid_images": 0 if x_valid is None else len(x_valid),
+                    "processes": self.dist.world_size})
+                metrics_file.start(self.history)
 
         with stop_requests.StopRequests(self.dist.distributed) as stop:
             for epoch in range(self.epoch + 1, cfg.max_epoch + 1):
@@ -392,9 +445,10 @@ class MyModel:
                 start_step, partial = 0, None
                 if x_valid is not None and len(x_valid):
                     metrics["valid_acc"], metrics["valid_loss"] = self.validate(x_valid, y_valid)
-                best_before = max((m["valid_acc"] for m in self.history if "valid_acc" in m),
-                                  default=None)
+                best_before = max([m["valid_acc"] for m in self.history if "valid_acc" in m]
+                                  + ([] if best_kept is None else [best_kept]), default=None)
                 self.epoch = epoch
+                self.epochs_trained += 1
                 self.history.append(metrics)
                 self._print_epoch(metrics)
                 if main:
@@ -423,6 +477,22 @@ class MyModel:
                                 "run is not data-parallel; please report this.")
         distributed.barrier()
         return self.history
+
+    def _prepare_folder(self, later: list):
+        """Rank 0, before training: clear a killed run's temporaries, drop the checkpoints a
+        retrace replaces (``later``, with --overwrite); return the validation accuracy of a
+        model-best.ckpt to keep unless beaten (one of a later epoch, kept from before a kill)."""
+        modeldir = self.config.modeldir
+        os.makedirs(modeldir, exist_ok=True)
+        checkpoints.clean_stale_temporaries(modeldir)
+        if later:  # --resume N --overwrite: the run is trained again from epoch N
+            for name in later:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(modeldir, name))
+            checkpoints.drop_best_past(modeldir, self.epoch, self.log)
+            self.log(f"--overwrite: dropped {', '.join(later)} to train again from epoch "
+                     f"{self.epoch}.")
+        return checkpoints.best_accuracy(modeldir, self.log)
 
     def _training_network(self):
         """What the training steps run: the (compiled) network, in DistributedDataParallel under
@@ -552,11 +622,15 @@ class MyModel:
 
     def _check_finite(self, loss_sum: float, epoch: int) -> None:
         if not math.isfinite(loss_sum):
-            last = list_checkpoints(self.config.modeldir)
+            cfg = self.config
+            last = list_checkpoints(cfg.modeldir)
             kept = f"the last good checkpoint (model-{last[-1]}.ckpt) is kept" if last else \
                 "no checkpoint was written"
+            rate = f"--learning_rate (--recipe {cfg.recipe} sets {cfg.learning_rate:g})" \
+                if cfg.from_recipe("learning_rate") else "--learning_rate"
+            lower = f"{rate} or --l1" if cfg.l1 else rate
             raise TrainingError(f"the training loss became NaN or infinite in epoch {epoch}; "
-                                f"{kept}. Lower --learning_rate or check the data.")
+                                f"{kept}. Lower {lower}, or check the data.")
 
     def _bars_off(self):
         # None lets tqdm decide: bars only when output goes to a terminal.

@@ -2,9 +2,10 @@
 
 The run's first moments time a few training steps (on a copy of the network, so the run itself is
 untouched), a validation batch and a checkpoint's serialization; ``plan_epochs`` turns those into
-the whole epochs that fit into what is left, and ``stretch_decay_epochs`` moves the step schedule's
-decay epochs to the same fractions of the shorter (or longer) run. The other schedules span
-max_epoch by themselves.
+the whole epochs that fit into what is left, and ``planned_changes`` gives the configuration values
+that change with it: max_epoch, the step schedule's decay epochs (moved to the same fractions of
+the shorter or longer run by ``stretch_decay_epochs``) and a recipe's warm-up (scaled likewise).
+The other schedules span max_epoch by themselves.
 """
 import copy
 import io
@@ -23,12 +24,34 @@ def plan_epochs(budget_seconds: float, spent_seconds: float, train_seconds_per_e
                 margin: float = 0.03) -> int:
     """Whole epochs that fit into what is left of a wall-time budget: (budget - spent), less a
     ``margin`` share kept in hand, divided by the time of one epoch (training, validation and a
-    checkpoint); at least 1."""
+    checkpoint); 0 when not even one fits."""
     per_epoch = train_seconds_per_epoch + eval_seconds_per_epoch + save_seconds
     left = (budget_seconds - spent_seconds) * (1 - margin)
     if per_epoch <= 0:
         raise ValueError("an epoch must take some time")
-    return max(1, int(left // per_epoch))
+    return max(0, int(left // per_epoch))
+
+
+def planned_changes(cfg, epochs: int, epoch_seconds: float) -> dict:
+    """The configuration values a plan of ``epochs`` epochs changes, from cfg as the command line
+    made it: max_epoch, the step schedule's decay epochs, and a warm-up that came from a recipe
+    (scaled to the same share of the run). ConfigError when no epoch fits, or when an explicit
+    --warmup_epochs fills the whole plan."""
+    if epochs < 1:
+        raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves no time for one epoch "
+                          f"at the measured speed (an epoch takes about {epoch_seconds:.0f} s); "
+                          f"give more minutes.")
+    changes = {"max_epoch": epochs}
+    if cfg.lr_schedule == "step":
+        changes["lr_decay_epochs"] = stretch_decay_epochs(cfg.lr_decay_epochs, cfg.max_epoch,
+                                                          epochs)
+    if cfg.from_recipe("warmup_epochs"):
+        changes["warmup_epochs"] = cfg.warmup_epochs * epochs / cfg.max_epoch
+    elif epochs <= cfg.warmup_epochs:
+        raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
+                          f"epoch(s) at the measured speed, no more than --warmup_epochs "
+                          f"{cfg.warmup_epochs:g}; give more minutes or fewer warm-up epochs.")
+    return changes
 
 
 def stretch_decay_epochs(decay_epochs, planned_from: int, planned_to: int):
@@ -44,10 +67,10 @@ def stretch_decay_epochs(decay_epochs, planned_from: int, planned_to: int):
     return tuple(stretched)
 
 
-def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> None:
-    """Time ``model``'s steps on its training images (on the device), then set its config's
-    max_epoch (and step decay epochs) to fit config.budget_minutes, counted from model.started;
-    the plan is printed. Under torchrun every rank takes the slowest rank's plan."""
+def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
+    """Time ``model``'s steps on its training images (on the device); return the configuration
+    values (``planned_changes``) that fit the run into config.budget_minutes, counted from
+    model.started. The plan is printed. Under torchrun every rank takes the slowest rank's plan."""
     cfg, ctx = model.config, model.dist
     slices = batch_slices(len(labels), cfg.batch_size, ctx.rank, ctx.world_size)
     order, offsets, flips = (t.to(model.device) for t in epoch_plan(len(labels), 1, cfg.seed))
@@ -80,24 +103,21 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> None:
     torch.save(model._state(0, {}, ""), io.BytesIO())
     save_seconds = 2 * (time.perf_counter() - begin)  # at most a best and a numbered one
     spent = time.monotonic() - model.started
-    planned_from = cfg.max_epoch
+    epoch_seconds = step_seconds * len(slices) + eval_seconds + save_seconds
     epochs = plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices), eval_seconds,
                          save_seconds)
     epochs = distributed.agree_min(epochs, model._collective_device())  # the slowest rank's
-    if epochs <= cfg.warmup_epochs:
-        raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
-                          f"epoch(s) at the measured speed, no more than --warmup_epochs "
-                          f"{cfg.warmup_epochs:g}; give more minutes or fewer warm-up epochs.")
-    cfg.max_epoch = epochs
-    if cfg.lr_schedule == "step":
-        cfg.lr_decay_epochs = stretch_decay_epochs(cfg.lr_decay_epochs, planned_from, epochs)
-    decay = f", decay after epochs {' '.join(map(str, cfg.lr_decay_epochs))}" \
-        if cfg.lr_schedule == "step" else ""
+    changes = planned_changes(cfg, epochs, epoch_seconds)
+    decay = f", decay after epochs {' '.join(map(str, changes['lr_decay_epochs']))}" \
+        if "lr_decay_epochs" in changes else ""
+    warmup = f", warm-up {changes['warmup_epochs']:.2g} epochs" if "warmup_epochs" in changes \
+        else ""
     model.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
               f"{step_seconds * 1000:.0f} ms per step x {len(slices)} steps = "
               f"{step_seconds * len(slices):.0f} s per epoch, validation {eval_seconds:.1f} s, "
               f"checkpoint {save_seconds:.1f} s -> {epochs} epochs ({cfg.lr_schedule} "
-              f"schedule{decay})")
+              f"schedule{decay}{warmup})")
+    return changes
 
 
 def _synchronize(device: torch.device) -> None:

@@ -40,6 +40,7 @@ INTERRUPTED = "interrupted.ckpt"
 BEST = "model-best.ckpt"  # the epoch of the best validation accuracy so far
 LOCK = ".lock"
 RECORDS = ("metrics.csv", "config.json", "curves.png", "weights.png")  # records.py and plots.py write them
+PREDICTIONS = "predictions.npy"  # --mode predict's default output: the folder's model's, not a new one's
 _CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
 _TMP_MARK = ".tmp-"
 _RNG_KEYS = ("python", "numpy", "torch")
@@ -47,7 +48,8 @@ _RNG_KEYS = ("python", "numpy", "torch")
 LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet", "batch_norm": False,
                  "downsample": "b", "shortcut": "projection", "activation": "relu",
                  "normalize": "per_image", "l1": 0.0, "lr_schedule": "step", "warmup_epochs": 0.0,
-                 "nesterov": False, "no_decay_bn_bias": False, "label_smoothing": 0.0, "ema": 0.0}
+                 "nesterov": False, "no_decay_bn_bias": False, "label_smoothing": 0.0, "ema": 0.0,
+                 "sync_bn": False, "budget_minutes": 0.0, "recipe": "course"}
 
 
 class CheckpointError(RuntimeError):
@@ -79,10 +81,11 @@ def run_files(modeldir: str):
 
 
 def run_records(modeldir: str):
-    """Names of the other files a run writes, replaced by the next run (metrics, config, curves)."""
+    """Names of the other files a run (or a prediction from it) leaves in modeldir: metrics,
+    config, curves, predictions."""
     if not os.path.isdir(modeldir):
         return []
-    return sorted(name for name in os.listdir(modeldir) if name in RECORDS)
+    return sorted(name for name in os.listdir(modeldir) if name in RECORDS + (PREDICTIONS,))
 
 
 def _is_run_temporary(name: str) -> bool:
@@ -104,17 +107,19 @@ def clean_stale_temporaries(modeldir: str) -> None:
 
 
 def check_fresh_start(modeldir: str, overwrite: bool, log=print) -> None:
-    """A new run (no --resume) needs a folder without another run's checkpoints: refuse, or with
-    ``overwrite`` remove them first, so a folder never mixes two runs."""
-    found = run_files(modeldir)
+    """A new run (no --resume) needs a folder holding none of the files a run writes (another
+    run's checkpoints and records, or a user's file of the same name): refuse, or with
+    ``overwrite`` remove them first, so a folder never mixes two runs and nothing is replaced
+    unasked."""
+    found = run_files(modeldir) + run_records(modeldir)
     if not found:
         return
     if not overwrite:
         shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-        raise CheckpointError(f"--modeldir {modeldir} already holds a run ({shown}); pass --resume "
-                              f"to continue it, choose another --modeldir, or pass --overwrite to "
-                              f"delete its checkpoints and start anew.")
-    found += run_records(modeldir)
+        what = "a run" if run_files(modeldir) else "files a run writes"
+        raise CheckpointError(f"--modeldir {modeldir} already holds {what} ({shown}); pass "
+                              f"--resume to continue it, choose another --modeldir, or pass "
+                              f"--overwrite to delete them and start anew.")
     for name in found:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(modeldir, name))
@@ -517,6 +522,38 @@ def newest_resumable(modeldir: str, log=print):
                               f"({', '.join(run_files(modeldir))}), so there is nothing to resume "
                               f"from; move them away to start anew.")
     return None, None
+
+
+def later_files(modeldir: str, epoch: int, step: int, source: str) -> list:
+    """Names of the checkpoints in modeldir that lie past (epoch, step), the point a resume from
+    ``source`` starts at: numbered ones of later epochs, and interrupted.ckpt if it is further on.
+    Continuing from source would retrace them."""
+    later = [os.path.basename(checkpoint_path(modeldir, e)) for e in list_checkpoints(modeldir)
+             if e > epoch]
+    interrupted = os.path.join(modeldir, INTERRUPTED)
+    if os.path.isfile(interrupted) and os.path.abspath(interrupted) != os.path.abspath(source):
+        try:
+            ckpt = read_checkpoint(interrupted, for_resume=True)
+        except CheckpointError:  # unusable, so nothing to retrace; the run replaces it
+            return later
+        if (ckpt["epoch"], ckpt["step"]) > (epoch, step):
+            later.append(INTERRUPTED)
+    return later
+
+
+def best_accuracy(modeldir: str, log=print):
+    """The validation accuracy model-best.ckpt records (its last epoch's), or None when there is
+    no such file or it cannot be read (then it is named, and a run may replace it)."""
+    path = checkpoint_path(modeldir, "best")
+    if not os.path.lexists(path):
+        return None
+    try:
+        metrics = read_checkpoint(path, for_resume=True)["metrics"]
+    except CheckpointError as e:
+        log(f"will replace {e}")
+        return None
+    accuracy = metrics[-1].get("valid_acc") if metrics else None
+    return accuracy if _is_number(accuracy) else None
 
 
 def drop_best_past(modeldir: str, epoch: int, log=print) -> None:

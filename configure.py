@@ -27,11 +27,34 @@ RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate":
                "nesterov": True, "weight_decay": 5e-4, "no_decay_bn_bias": True,
                "label_smoothing": 0.1, "normalize": "dataset", "amp": "bf16", "max_epoch": 15}
 RECIPES = {"course": {}, "fast": RECIPE_FAST}
+# Keys that shape some networks only (NetWork.build_network ignores them elsewhere): as flags they
+# are refused where they do not apply, and a checkpoint's value of them is not compared there.
+NETWORK_SPECIFIC = {"resnet_version": ("resnet",), "resnet_size": ("resnet",),
+                    "first_num_filters": ("resnet",), "downsample": ("resnet", "resnet18"),
+                    "shortcut": ("resnet", "resnet18"), "batch_norm": ("simple_nn", "simple_cnn")}
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
+MAX_BUDGET_MINUTES = 365 * 24 * 60  # a year: longer budgets are typos, and past ~1e300 overflow
 
 
 class ConfigError(ValueError):
     """A configuration value a user set is unusable; the message names the flag."""
+
+
+def applies(key: str, network: str) -> bool:
+    """Whether ``key`` shapes ``network`` (keys outside NETWORK_SPECIFIC shape every network)."""
+    return network in NETWORK_SPECIFIC.get(key, (network,))
+
+
+def flag(key: str, value) -> str:
+    """How the command line sets key to value: --batch_norm, --no_batch_norm, --lr_decay_epochs
+    100 150, --learning_rate 0.1."""
+    if isinstance(value, bool):
+        if key.startswith("no_"):  # such a flag has no "off" twin: leaving it out turns it off
+            return f"--{key}" if value else f"without --{key}"
+        return f"--{key}" if value else f"--no_{key}"
+    if isinstance(value, (list, tuple)):
+        return " ".join([f"--{key}"] + [str(v) for v in value])
+    return f"--{key} {value}"
 
 
 def _opt(default, help_text, **kwargs):
@@ -188,11 +211,17 @@ class Config:
             raise ConfigError(f"--lr_schedule must be step, cosine or onecycle, not "
                               f"{self.lr_schedule!r}.")
         if not 0 <= self.warmup_epochs < self.max_epoch:
+            if self.from_recipe("warmup_epochs") and self.warmup_epochs >= 0:
+                raise ConfigError(f"--recipe {self.recipe} warms up for {self.warmup_epochs:g} "
+                                  f"epochs, more than --max_epoch {self.max_epoch} holds; give a "
+                                  f"larger --max_epoch or a shorter --warmup_epochs.")
             raise ConfigError(f"--warmup_epochs must be at least 0 and below --max_epoch "
                               f"{self.max_epoch}, not {self.warmup_epochs:g}.")
         if self.nesterov and self.momentum == 0:
-            raise ConfigError("--nesterov needs momentum; give --momentum above 0 or drop "
-                              "--nesterov.")
+            source = f"--recipe {self.recipe} uses Nesterov momentum, which" \
+                if self.from_recipe("nesterov") else "--nesterov"
+            raise ConfigError(f"{source} needs momentum; give --momentum above 0 or pass "
+                              f"--no_nesterov.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label_smoothing must be in [0, 1), not {self.label_smoothing}.")
         if not 0 <= self.ema < 1:
@@ -201,9 +230,9 @@ class Config:
         if not self.dist_timeout > 0:
             raise ConfigError(f"--dist_timeout must be a positive number of seconds, not "
                               f"{self.dist_timeout}.")
-        if not self.budget_minutes >= 0:
-            raise ConfigError(f"--budget_minutes must be zero (none) or positive, not "
-                              f"{self.budget_minutes}.")
+        if not 0 <= self.budget_minutes <= MAX_BUDGET_MINUTES:
+            raise ConfigError(f"--budget_minutes must be zero (none) or positive, and at most "
+                              f"{MAX_BUDGET_MINUTES} (a year), not {self.budget_minutes:g}.")
         if self.downsample == "d" and self.shortcut == "pad":
             raise ConfigError("--downsample d pools before a projection shortcut, and --shortcut pad "
                               "has none; use --downsample a or b with --shortcut pad.")
@@ -228,12 +257,29 @@ class Config:
         return self
 
     def apply_recipe(self, explicit=()) -> "Config":
-        """Set the values --recipe names, except those of the flags in ``explicit``; return self."""
+        """Set the values --recipe names, except those of the flags in ``explicit``; return self.
+
+        The keys it set are remembered (``from_recipe``), so that messages can name the recipe
+        rather than a flag the user never gave, and a time budget can scale the recipe's warm-up.
+        """
         if self.recipe not in RECIPES:
             raise ConfigError(f"--recipe must be course or fast, not {self.recipe!r}.")
-        for key, value in RECIPES[self.recipe].items():
-            if key not in explicit:
-                setattr(self, key, value)
+        self._recipe_keys = frozenset(k for k in RECIPES[self.recipe] if k not in explicit)
+        for key in self._recipe_keys:
+            setattr(self, key, RECIPES[self.recipe][key])
+        return self
+
+    def from_recipe(self, key: str) -> bool:
+        """Whether key holds the value apply_recipe gave it (not one the user gave)."""
+        return key in getattr(self, "_recipe_keys", ())
+
+    def check_applicable(self, explicit) -> "Config":
+        """Refuse a network flag given explicitly for a network it does not shape; return self."""
+        for key in sorted(explicit):
+            if not applies(key, self.network):
+                shaped = " and ".join(NETWORK_SPECIFIC[key])
+                raise ConfigError(f"--{key} does not apply to --network {self.network} (it shapes "
+                                  f"{shaped} only); drop it.")
         return self
 
     def to_dict(self) -> dict:
@@ -256,6 +302,7 @@ RUN_DEFINING_KEYS: List[str] = [
     "batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_decay_epochs",
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
     "lr_schedule", "warmup_epochs", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
+    "sync_bn",
 ]
 # The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or
 # resume when any of these differ.

@@ -6,11 +6,14 @@ gloo on CPU, NCCL on CUDA (one GPU per local rank). Without torchrun there is no
 function here does nothing, so a plain ``python main.py`` run is unchanged.
 
 Also here: the sums and agreements the ranks make (epoch totals, evaluation counts, stop requests,
-the budget's plan), and a synchronized batch norm for CPU, where torch's SyncBatchNorm does not run.
+the budget's plan, the start-up checks all must pass), and a synchronized batch norm for CPU,
+where torch's SyncBatchNorm does not run.
 """
+import contextlib
 import dataclasses
 import datetime
 import os
+import re
 
 import numpy as np
 import torch
@@ -22,6 +25,21 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 class DistributedError(RuntimeError):
     """The process group cannot be joined, or a peer was lost."""
+
+
+class PeerRefused(Exception):
+    """On rank 0: another rank refused during checks every rank must pass (``all_or_none``);
+    rank 0 says why, naming that rank."""
+
+    def __init__(self, rank: int, reason: str):
+        super().__init__(reason)
+        self.rank = rank
+
+
+class StandDown(Exception):
+    """On every rank but 0: some rank refused during checks every rank must pass, and rank 0 says
+    why and answers for the run. This rank leaves quietly, with status 0: a rank that fails makes
+    torchrun stop the others at once, perhaps before rank 0 has said anything."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +89,12 @@ def device_for(context: Context, name: str) -> str:
     if not context.distributed:
         return name
     if name in ("auto", "cuda") and torch.cuda.is_available():
+        # Checked here, before the device is: a rank without a GPU says so itself, while the
+        # refusals every rank shares are said by rank 0 alone.
+        if context.local_rank >= torch.cuda.device_count():
+            raise DistributedError(f"local rank {context.local_rank} has no GPU of its own (this "
+                                   f"machine has {torch.cuda.device_count()}); start at most that "
+                                   f"many processes per node with --nproc_per_node.")
         return f"cuda:{context.local_rank}"
     if name == "auto":
         return "cpu"
@@ -83,10 +107,6 @@ def start(context: Context, device: torch.device, timeout_seconds: float) -> Con
         return context
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        if context.local_rank >= torch.cuda.device_count():
-            raise DistributedError(f"local rank {context.local_rank} has no GPU of its own (this "
-                                   f"machine has {torch.cuda.device_count()}); start at most that "
-                                   f"many processes per node with --nproc_per_node.")
         torch.cuda.set_device(device)
     try:
         dist.init_process_group(backend, rank=context.rank, world_size=context.world_size,
@@ -109,9 +129,24 @@ def active() -> bool:
 
 def lost_contact(e: BaseException) -> DistributedError:
     rank = dist.get_rank() if dist.is_initialized() else "?"
-    return DistributedError(f"rank {rank} lost contact with the other processes ({str(e)[:200]}); "
+    return DistributedError(f"rank {rank} lost contact with the other processes ({_reason(e)}); "
                             f"one of them has stopped or died. The last checkpoint is kept; "
                             f"resume with --resume.")
+
+
+MAX_REASON = 200  # characters of a backend's error kept in a message
+
+
+def _reason(e: BaseException) -> str:
+    """The first sentence of a backend's error, without the source location gloo puts first
+    ("[.../pair.cc:537] Read error ...: Connection reset by peer. This is typically caused by
+    ..."), shortened at a word if it is still long."""
+    lines = str(e).strip().splitlines()
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else ""
+    text = re.split(r"(?<=\w)\.\s", text, maxsplit=1)[0].strip() or type(e).__name__
+    if len(text) > MAX_REASON:
+        text = text[:MAX_REASON].rsplit(" ", 1)[0].rstrip(" ,;:") + " ..."
+    return text
 
 
 def is_lost_contact(e: BaseException) -> bool:
@@ -159,6 +194,38 @@ def barrier() -> None:
             dist.barrier()
         except RuntimeError as e:
             raise lost_contact(e) from None
+
+
+@contextlib.contextmanager
+def all_or_none(*refusals: type):
+    """Checks every rank must pass before any goes on: an exception of the ``refusals`` types on
+    one rank stops every rank, and rank 0 alone says why. Rank 0 raises the refusal of the
+    lowest rank that refused (its own, or a PeerRefused naming that rank); every other rank
+    raises StandDown. It ends with the ranks in step, as a barrier does; alone, it does nothing.
+
+    Without it, a rank that refuses (rank 0 finding --modeldir locked) leaves the others waiting
+    in their next collective, which then fails with a "lost contact" of its own."""
+    if not active():
+        yield
+        return
+    refusal = None
+    try:
+        yield
+    except refusals as e:
+        refusal = e
+    reasons = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(reasons, None if refusal is None else str(refusal))
+    except RuntimeError as e:
+        raise lost_contact(e) from None
+    refused = [(rank, reason) for rank, reason in enumerate(reasons) if reason is not None]
+    if not refused:
+        return
+    if dist.get_rank() != 0:
+        raise StandDown() from refusal
+    if refusal is not None:
+        raise refusal
+    raise PeerRefused(*refused[0])
 
 
 def gather_arrays(array: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ import plots
 import reports
 import sweep
 import tensorboard_log
-from configure import ARCHITECTURE_KEYS, Config, ConfigError
+from configure import ARCHITECTURE_KEYS, Config, ConfigError, applies, flag
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -50,6 +50,8 @@ OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 MODE_FLAGS = {"resume": ("train", "sweep"), "overwrite": ("train", "sweep"), "sweep": ("sweep",),
               "checkpoints": ("test",), "eval_set": ("test",), "json": ("test",),
               "checkpoint": ("predict",), "private_data": ("predict",), "output": ("predict",)}
+# Configuration fields of the same kind: they always have a value, so only one given is refused.
+MODE_FIELDS = {"tta": ("test", "predict"), "tensorboard": ("train", "sweep")}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -145,6 +147,11 @@ class _CliError(Exception):
     pass
 
 
+# Errors a user can cause, besides ConfigError: said in one sentence, without a traceback.
+USER_ERRORS = (DataReader.DataError, checkpoints.CheckpointError, Model.TrainingError, _CliError,
+               plots.PlotError, tensorboard_log.TensorBoardError)
+
+
 def config_from_args(args) -> Config:
     return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
 
@@ -198,6 +205,10 @@ class _TensorBoard:
 
 
 def run_train(config: Config, args) -> int:
+    if args.overwrite and args.resume == "latest":
+        raise ConfigError("--overwrite with --resume alone has nothing to overwrite: give --resume "
+                          "N --overwrite to train again from checkpoint N, dropping the later "
+                          "ones, or drop --overwrite.")
     _announce(config)
     train_run(config, args.resume, bool(args.overwrite), context=args.context)
     return 0
@@ -211,27 +222,33 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
     rank 0 alone takes the lock and writes files."""
     main_rank = context.is_main
     with contextlib.ExitStack() as held:
-        if config.tensorboard:  # an optional extra: checked before anything else happens
-            tensorboard_log.require_tensorboard()
-        # One run per folder: an existing folder is locked (and checked) before the data is read,
-        # so a second run is refused at once; a new one is made only once the data proved usable.
-        if main_rank and os.path.isdir(config.modeldir):
-            held.enter_context(checkpoints.RunLock(config.modeldir))
-        _check_modeldir(config, resume, overwrite)
-        if resume is not None and os.path.isdir(config.modeldir):  # before any download
-            Model.MyModel(config, log=lambda *a: None, context=context).check_resumable(resume)
-        if context.local_rank == 0:  # one download per machine
-            _ensure_data(config)
-        distributed.barrier()
-        x_train, y_train, _, _ = _load(config)
-        x_valid = y_valid = None
-        if not config.train_all:
-            x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
-                x_train, y_train, config.split_index)
-        config.validate(n_train=len(x_train), world_size=context.world_size)
-        if main_rank and not os.path.isdir(config.modeldir):
-            _make_modeldir(config.modeldir)
-            held.enter_context(checkpoints.RunLock(config.modeldir))
+        # Under torchrun a refusal on one rank (rank 0 alone takes the lock) stops every rank
+        # here, and rank 0 says it: the others would otherwise report losing contact.
+        with distributed.all_or_none(ConfigError, *USER_ERRORS):
+            if config.tensorboard:  # an optional extra: checked before anything else happens
+                tensorboard_log.require_tensorboard()
+                if main_rank:
+                    tensorboard_log.check_logdir(config.tensorboard)
+            # One run per folder: an existing folder is locked (and checked) before the data is
+            # read, so a second run is refused at once; a new one is made once the data is usable.
+            if main_rank and os.path.isdir(config.modeldir):
+                held.enter_context(checkpoints.RunLock(config.modeldir))
+            _check_modeldir(config, resume, overwrite)
+            if resume is not None and os.path.isdir(config.modeldir):  # before any download
+                Model.MyModel(config, log=lambda *a: None, context=context).check_resumable(
+                    resume, overwrite)
+            if context.local_rank == 0:  # one download per machine, which the others wait for
+                _ensure_data(config)
+        with distributed.all_or_none(ConfigError, *USER_ERRORS):
+            x_train, y_train, _, _ = _load(config)
+            x_valid = y_valid = None
+            if not config.train_all:
+                x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
+                    x_train, y_train, config.split_index)
+            config.validate(n_train=len(x_train), world_size=context.world_size)
+            if main_rank and not os.path.isdir(config.modeldir):
+                _make_modeldir(config.modeldir)
+                held.enter_context(checkpoints.RunLock(config.modeldir))
         model = Model.MyModel(config, context=context)
         model.started = STARTED if started is None else started
         print(f"training {_network_name(config)} on {len(x_train)} images"
@@ -242,7 +259,8 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
             model.epoch_callbacks.append(_TensorBoard(config.tensorboard, held))
         history = model.train(x_train, y_train, x_valid, y_valid, resume=resume,
                               overwrite=overwrite)
-    if main_rank and plots.matplotlib_available():  # a bonus: without matplotlib, no curves.png
+    # A bonus: without matplotlib, no curves.png; nothing trained, nothing redrawn.
+    if main_rank and model.epochs_trained and plots.matplotlib_available():
         try:
             print(f"wrote {plots.draw_curves(config.modeldir)}")
         except plots.PlotError as e:
@@ -297,13 +315,17 @@ def _from_checkpoint(config: Config, args, number) -> Config:
     path = checkpoints.find_checkpoint(config.modeldir, number)
     saved = checkpoints.read_checkpoint(path)["config"]
     changes = {}
+    network = saved.get("network", config.network)
     for key in ARCHITECTURE_KEYS:
+        if key in args.explicit and not applies(key, network):
+            raise _CliError(f"--{key} does not apply to the {network} network of {path}; drop it.")
         if key not in saved or saved[key] == getattr(config, key):
             continue
         if key in args.explicit:
+            given = flag(key, getattr(config, key))
             raise _CliError(f"{path} holds a network trained with {key} {saved[key]}, but "
-                            f"--{key} {getattr(config, key)} was given; drop --{key} or pass "
-                            f"--{key} {saved[key]}.")
+                            f"{given} was given; drop {given.split()[0]} or pass "
+                            f"{flag(key, saved[key])}.")
         changes[key] = saved[key]
     return dataclasses.replace(config, **changes) if changes else config
 
@@ -312,19 +334,62 @@ def _announce(config: Config) -> None:
     print("config: " + " ".join(f"{k}={v}" for k, v in config.to_dict().items()), flush=True)
 
 
+def _is_run_file(name: str) -> bool:
+    """A file of a model folder that a run writes or reads (checkpoints, records, lock)."""
+    return (name.startswith("model-") and name.endswith(".ckpt")) or \
+        name in (checkpoints.INTERRUPTED, checkpoints.LOCK, sweep.SWEEP_CSV) + checkpoints.RECORDS
+
+
+def _check_output(path: str, option: str, modeldir: str, inputs) -> None:
+    """Refuse an output path that is not a plain file of the user's to replace: a link, a folder,
+    a device or pipe, a file of the run in modeldir, or one of the command's inputs (paths, present
+    or not). Links and ./ are resolved, so another name for the same file is caught too."""
+    if os.path.islink(path):
+        raise _CliError(f"{option} {path} is a symbolic link, which is not replaced; name a file "
+                        f"that is not a link.")
+    if os.path.isdir(path):
+        raise _CliError(f"{option} {path} is a folder; name a file, for example "
+                        f"{os.path.join(path, checkpoints.PREDICTIONS)}.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise _CliError(f"{option} {path} is not a regular file (a device, pipe or socket); name a "
+                        f"file to write.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _CliError(f"{option} {path}: folder {folder} does not exist; create it or choose "
+                        f"another path.")
+    real = os.path.realpath(path)
+    if os.path.dirname(real) == os.path.realpath(modeldir) and _is_run_file(os.path.basename(real)):
+        raise _CliError(f"{option} {path} would replace {os.path.basename(real)} of the run in "
+                        f"{modeldir}; choose another path.")
+    for source in inputs:
+        if real == os.path.realpath(source) or (
+                os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source)):
+            raise _CliError(f"{option} {path} is {source}, which this command reads; choose "
+                            f"another path.")
+
+
 def run_test(config: Config, args) -> int:
-    numbers = args.checkpoints or [_newest(config)]
-    config = _from_checkpoint(config, args, numbers[0])
-    _announce(config)
-    model = Model.MyModel(config, context=args.context)
-    for number in numbers:  # check every number before reading data or evaluating any
-        model.checkpoint_file(number)
-    x_train, y_train, x_test, y_test = _load(config)
-    set_name = args.eval_set or "test"
-    if set_name == "valid":
-        x_test, y_test = _validation_split(model, numbers, x_train, y_train)
+    # Under torchrun every rank checks; a refusal stops them all and rank 0 alone says it.
+    with distributed.all_or_none(ConfigError, *USER_ERRORS):
+        numbers = list(dict.fromkeys(args.checkpoints or [_newest(config)]))  # each once, in order
+        # Every number is checked, and --json with it, before anything is read or evaluated.
+        sources = [checkpoints.find_checkpoint(config.modeldir, number) for number in numbers]
+        if args.json is not None:
+            _check_output(args.json, "--json", config.modeldir,
+                          sources + DataReader.data_files(config.data_dir))
+        config = _from_checkpoint(config, args, numbers[0])
+        _announce(config)
+        model = Model.MyModel(config, context=args.context)
+        names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
+        x_train, y_train, x_test, y_test = _load(config)
+        set_name = args.eval_set or "test"
+        if set_name == "valid":
+            x_test, y_test = _validation_split(model, numbers, x_train, y_train)
+        if len(y_test) == 0:  # the validation split never is: split_index leaves images on each side
+            test_file = DataReader.DATASETS[config.dataset].test
+            raise _CliError(f"the test set in {config.data_dir} ({test_file}) holds no images; put "
+                            f"the official {test_file} there, or use --eval_set valid.")
     results = model.evaluate_checkpoints(x_test, y_test, numbers)
-    names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
     report = reports.build(results, y_test, names, config.num_classes, set_name)
     print(reports.format_text(report))
     if args.json and args.context.is_main:
@@ -335,25 +400,21 @@ def run_test(config: Config, args) -> int:
 
 def run_predict(config: Config, args) -> int:
     private = args.private_data or os.path.join(config.data_dir, "private_test_images.npy")
-    output = args.output or os.path.join(config.modeldir, "predictions.npy")
-    folder = os.path.dirname(os.path.abspath(output))
-    # Say what is wrong with --output before spending time on the predictions.
-    if os.path.isdir(output):
-        raise _CliError(f"--output {output} is a folder; name a file, for example "
-                        f"{os.path.join(output, 'predictions.npy')}.")
-    if not os.path.isdir(folder):
-        raise _CliError(f"--output {output}: folder {folder} does not exist; create it or choose "
-                        f"another path.")
-    number = args.checkpoint if args.checkpoint is not None else _newest(config)
-    config = _from_checkpoint(config, args, number)
-    if not args.context.is_main:  # under torchrun, rank 0 predicts and writes; the rest wait
+    output = args.output or os.path.join(config.modeldir, checkpoints.PREDICTIONS)
+    if not args.context.is_main:  # under torchrun, rank 0 checks, predicts and writes alone
         return 0
+    number = args.checkpoint if args.checkpoint is not None else _newest(config)
+    source = checkpoints.find_checkpoint(config.modeldir, number)
+    # Say what is wrong with --output before spending time on the predictions.
+    _check_output(output, "--output", config.modeldir,
+                  [private, source] + DataReader.data_files(config.data_dir))
+    config = _from_checkpoint(config, args, number)
     _announce(config)
     model = Model.MyModel(config)
     x = DataReader.load_testing_images(private)
     model.load(number)
     probabilities = model.predict_prob(x)
-    source = os.path.basename(checkpoints.find_checkpoint(config.modeldir, number))
+    source = os.path.basename(source)
     if output.lower().endswith(".csv"):  # the hand-in format: a predicted class per image
         labels = probabilities.argmax(axis=1)
         text = "id,label\n" + "".join(f"{i},{int(c)}\n" for i, c in enumerate(labels))
@@ -397,13 +458,14 @@ def run_plot(config: Config, args) -> int:
 
 
 def _check_mode_flags(args) -> None:
-    for name, modes in MODE_FLAGS.items():
-        if getattr(args, name) is not None and args.mode not in modes:
+    for name, modes in {**MODE_FLAGS, **MODE_FIELDS}.items():
+        given = name in args.explicit if name in MODE_FIELDS else getattr(args, name) is not None
+        if given and args.mode not in modes:
             raise ConfigError(f"--{name} applies to --mode {' or '.join(modes)} only; drop it or "
                               f"use --mode {modes[0]}.")
-    if "tta" in args.explicit and args.mode not in ("test", "predict"):
-        raise ConfigError("--tta applies to --mode test or predict only; drop it or use --mode "
-                          "test.")
+    for name in ("json", "output", "private_data"):
+        if getattr(args, name) == "":
+            raise ConfigError(f"--{name} is empty; give it the path of a file, or drop it.")
     if "budget_minutes" in args.explicit and "max_epoch" in args.explicit:
         raise ConfigError("--budget_minutes sets the number of epochs itself; give it or "
                           "--max_epoch, not both.")
@@ -422,12 +484,15 @@ def main(argv=None) -> int:
     try:
         _check_mode_flags(args)
         config.apply_recipe(args.explicit)
+        if args.mode == "train":  # test and predict take the network from the checkpoint
+            config.check_applicable(args.explicit)
         context = args.context = distributed.from_environment()
         if context.distributed and args.mode in ("plot", "sweep"):
             raise ConfigError(f"--mode {args.mode} runs in one process; start it with python, "
                               f"not torchrun.")
         config.device = distributed.device_for(context, config.device)
-        config.validate(world_size=context.world_size)
+        # Only training splits --batch_size among the processes; test and predict do not use it.
+        config.validate(world_size=context.world_size if args.mode == "train" else 1)
         device = Model.select_device(config.device)  # fail before any download or data loading
         args.context = distributed.start(context, device, config.dist_timeout)
         modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot,
@@ -435,14 +500,18 @@ def main(argv=None) -> int:
         with _silent_unless(args.context.is_main):
             return modes[args.mode](config, args)
     except ConfigError as e:
-        if not args.context.is_main:
-            return 2
+        if not args.context.is_main:  # the flags are the same on every rank: rank 0 says it
+            return 0  # and answers for the run (distributed.StandDown says why 0)
         parser.exit(2, f"error: {e}\n")
+    except distributed.StandDown:
+        return 0
+    except distributed.PeerRefused as e:
+        print(f"error (rank {e.rank}): {e}", file=sys.stderr)
+        return 1
     except distributed.DistributedError as e:  # about this rank: every rank says its own
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (DataReader.DataError, checkpoints.CheckpointError, Model.TrainingError, _CliError,
-            plots.PlotError, tensorboard_log.TensorBoardError) as e:
+    except USER_ERRORS as e:
         if args.context.is_main:  # the same on every rank: said once
             print(f"error: {e}", file=sys.stderr)
         elif args.context.local_rank == 0:  # once per other machine: its files may differ

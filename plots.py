@@ -1,19 +1,21 @@
 """Training curves: ``<modeldir>/curves.png`` drawn from ``<modeldir>/metrics.csv``.
 
 Two panels: loss against epoch and accuracy (in percent) against epoch, train and validation
-(validation only where the run had some), with a dashed line where the learning rate changes,
-labelled with the new rate. matplotlib is an optional extra, imported only when drawing: without
-it ``MatplotlibMissing`` says how to install it. Drawing goes through matplotlib's object-oriented
-API (``Figure`` + the Agg canvas), so pyplot's global state and the interactive backend are
-never touched.
+(validation only where the run had some), with a dashed line where a step schedule decays the
+learning rate, labelled with the new rate (config.json says which schedule the run had).
+matplotlib is an optional extra, imported only when drawing: without it ``MatplotlibMissing``
+says how to install it. Drawing goes through matplotlib's object-oriented API (``Figure`` + the
+Agg canvas), so pyplot's global state and the interactive backend are never touched.
 """
 import contextlib
 import csv
+import json
 import math
 import os
 
 METRICS = "metrics.csv"
 CURVES = "curves.png"
+CONFIG = "config.json"
 # The header records.py writes. Accuracies are fractions in [0, 1]; valid_* are empty cells
 # when the run has no validation.
 COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "seconds",
@@ -22,6 +24,10 @@ OPTIONAL = ("valid_loss", "valid_acc")
 FIGSIZE = (11, 4)  # inches: two panels side by side
 DPI = 100  # so the picture is 1100 x 400 pixels
 INSTALL_HINT = "pip install matplotlib (or pip install -r requirements-dev.txt)"
+# Losses are float32 cross-entropies: a finite one above float32's largest value was not recorded
+# by training (and a range that wide cannot be drawn).
+MAX_LOSS = 3.4028234663852886e38
+MAX_EPOCH = 2 ** 53  # past it a float no longer holds every whole number
 
 
 class PlotError(ValueError):
@@ -81,7 +87,7 @@ def _parse_row(path: str, line: int, row: dict) -> dict:
         else:
             values[column] = _number(path, line, column, cell)
     epoch = values["epoch"]
-    if not (epoch.is_integer() and epoch >= 1):
+    if not (epoch.is_integer() and 1 <= epoch < MAX_EPOCH):
         raise PlotError(f"{path}, line {line}: epoch is {row['epoch']!r}, not a positive whole "
                         f"number; the file is damaged, and training with --resume rewrites it.")
     values["epoch"] = int(epoch)
@@ -90,6 +96,16 @@ def _parse_row(path: str, line: int, row: dict) -> dict:
         if acc is not None and math.isfinite(acc) and not 0 <= acc <= 1:
             raise PlotError(f"{path}, line {line}: {column} is {acc:g}, outside [0, 1] (accuracies "
                             f"are fractions); the file is damaged or not this trainer's.")
+    for column in ("train_loss", "valid_loss"):  # an infinite or NaN loss is drawn as a gap
+        loss = values[column]
+        if loss is not None and math.isfinite(loss) and not 0 <= loss <= MAX_LOSS:
+            raise PlotError(f"{path}, line {line}: {column} is {loss:g}, outside "
+                            f"[0, {MAX_LOSS:.3g}] (losses are float32 cross-entropies); the file "
+                            f"is damaged or not this trainer's.")
+    if not (math.isfinite(values["lr"]) and values["lr"] >= 0):
+        raise PlotError(f"{path}, line {line}: lr is {values['lr']:g}, not a learning rate (a "
+                        f"finite number, zero or more); the file is damaged or not this "
+                        f"trainer's.")
     return values
 
 
@@ -135,10 +151,26 @@ def read_metrics(path: str) -> list:
 # --------------------------------------------------------------------------------------------
 # Drawing
 
-def lr_changes(rows: list) -> list:
-    """[(epoch, lr)]: each epoch whose learning rate differs from the one before, and its rate."""
+def recorded_schedule(modeldir: str) -> str:
+    """The --lr_schedule of the run, as its config.json records it; "step" (the default, and the
+    schedule of runs older than the others) where no readable config.json says."""
+    try:
+        with open(os.path.join(modeldir, CONFIG), encoding="utf-8") as f:
+            schedule = json.load(f)["config"]["lr_schedule"]
+    except (OSError, ValueError, KeyError, TypeError):  # a picture needs no more than a default
+        return "step"
+    return schedule if isinstance(schedule, str) else "step"
+
+
+def lr_changes(rows: list, schedule: str = "step") -> list:
+    """[(epoch, lr)]: the decays of a step schedule, each epoch whose learning rate is below the
+    one before, and its rate. A warm-up's rise is no decay, and a cosine or one-cycle rate
+    changes at every epoch, so nothing is marked for them."""
+    if schedule != "step":
+        return []
     return [(row["epoch"], row["lr"]) for before, row in zip(rows, rows[1:])
-            if not math.isclose(row["lr"], before["lr"], rel_tol=1e-6)]
+            if row["lr"] < before["lr"] and not math.isclose(row["lr"], before["lr"],
+                                                              rel_tol=1e-6)]
 
 
 def _series(rows: list, column: str, scale: float = 1.0) -> list:
@@ -156,8 +188,9 @@ def _title(name: str, rows: list) -> str:
             f"{100 * rows[-1]['train_acc']:.2f}%")
 
 
-def curves_figure(rows: list, name: str):
-    """The two-panel matplotlib Figure of read_metrics' rows; ``name`` goes into the title."""
+def curves_figure(rows: list, name: str, schedule: str = "step"):
+    """The two-panel matplotlib Figure of read_metrics' rows; ``name`` goes into the title, and
+    the decays of a ``schedule`` "step" are marked."""
     Figure, FigureCanvasAgg = _matplotlib()
     figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
@@ -173,7 +206,7 @@ def curves_figure(rows: list, name: str):
         if has_valid:
             axes.plot(epochs, _series(rows, f"valid_{column}", scale), marker=marker,
                       markersize=3, label="validation")
-        for epoch, lr in lr_changes(rows):
+        for epoch, lr in lr_changes(rows, schedule):
             x = epoch - 0.5  # between the last epoch at the old rate and the first at the new
             axes.axvline(x, linestyle="--", linewidth=0.8, color="0.5")
             axes.text(x, 0.98, f"lr {lr:g} ", transform=axes.get_xaxis_transform(), rotation=90,
@@ -197,7 +230,8 @@ def draw_curves(modeldir: str) -> str:
     _matplotlib()  # the missing extra is named before anything else
     rows = read_metrics(os.path.join(modeldir, METRICS))
     name = os.path.basename(os.path.abspath(modeldir))
-    return _save_png(curves_figure(rows, name), os.path.join(modeldir, CURVES))
+    figure = curves_figure(rows, name, recorded_schedule(modeldir))
+    return _save_png(figure, os.path.join(modeldir, CURVES))
 
 
 WEIGHTS = "weights.png"

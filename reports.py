@@ -5,6 +5,7 @@ Every function here is pure: it takes predictions and labels (numpy arrays) and 
 text, so the report can be checked against a case computed by hand.
 """
 import json
+import math
 
 import numpy as np
 
@@ -121,7 +122,18 @@ def format_text(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(value):
+    """JSON has no NaN or infinity: such a number (a loss that overflowed) becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(report: dict, path: str) -> None:
     """Write the report to path atomically (CheckpointError naming --json if it cannot be)."""
-    text = json.dumps(report, indent=2) + "\n"
+    text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
     checkpoints.atomic_save(text, path, writer=lambda t, f: f.write(t.encode()), flag="--json")

@@ -1,11 +1,15 @@
 """Sweeps: one training run per value (or, with several --sweep, per combination of values).
 
 Each run trains in its own folder ``<modeldir>/<key>=<value>[,<key>=<value>]/`` with its own
-checkpoints and metrics, exactly as ``--mode train`` would. A run that fails (a loss that diverges,
-say) is recorded as failed with its reason and the sweep goes on. With ``--resume`` finished runs
-are skipped and an interrupted one continues. At the end a table is printed and written to
-``<modeldir>/sweep.csv``.
+checkpoints and metrics, exactly as ``--mode train`` would with the swept values given as flags:
+the recipe, the number of classes and every other derived value are resolved per run. Every value
+is checked before anything trains. A run that fails (a loss that diverges, a batch larger than the
+data, say) is recorded as failed with its reason and the sweep goes on. With ``--resume`` finished
+runs are skipped and an interrupted one continues; a folder trained with other flags is refused,
+so that one table never mixes runs. At the end a table is printed and written to
+``<modeldir>/sweep.csv``, each value written exactly as its folder names it.
 """
+import copy
 import csv
 import dataclasses
 import io
@@ -16,39 +20,70 @@ import checkpoints
 from configure import Config, ConfigError
 
 SWEEP_CSV = "sweep.csv"
-NOT_SWEPT = ("modeldir", "data_dir", "device", "quiet", "tensorboard")  # where, not what
 RESULT_COLUMNS = ("status", "best_valid_acc", "best_epoch", "final_train_loss", "seconds")
+MAX_NAME_BYTES = 255  # the longest file name of common file systems (ext4, APFS, NTFS)
+
+# Keys a sweep cannot vary meaningfully, and why. What a sweep compares is what is trained (and
+# how fast: amp, channels_last, compile, eval_batch_size stay sweepable); these change neither.
+_WHERE = "it says where or how the sweep runs, not what is trained; give --{key} once for all runs"
+NOT_SWEPT = {
+    **dict.fromkeys(("modeldir", "data_dir", "download", "download_url", "device", "quiet",
+                     "tensorboard"), _WHERE),
+    # Every run keeps its last epoch's checkpoint whatever the interval, and that is all the table
+    # and --resume read.
+    "save_interval": "it changes only which epochs keep a checkpoint, not what is trained; give "
+                     "--save_interval once for all runs",
+    "tta": "it applies to --mode test and predict, not to training; test a run's folder with "
+           "--mode test --tta flip",
+    **dict.fromkeys(("sync_bn", "dist_timeout"), "it applies under torchrun only, and a sweep "
+                                                 "runs in one process"),
+}
 
 
 def parse(specs) -> list:
-    """[[key, value, ...], ...] from the command line -> [(key, [typed values])]."""
+    """[[key, value, ...], ...] from the command line -> [(key, [typed values])], each value
+    checked as its flag would be (type and choices); a value given twice is refused."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
     sweeps = []
     for spec in specs:
         key, texts = spec[0], spec[1:]
-        if key not in fields or key in NOT_SWEPT:
+        if key in NOT_SWEPT:
+            raise ConfigError(f"--sweep {key} cannot be swept: {NOT_SWEPT[key].format(key=key)}.")
+        if key not in fields:
             raise ConfigError(f"--sweep {key}: not a configuration value that can be swept; use "
                               f"a flag name of configure.py, such as learning_rate.")
         if not texts:
             raise ConfigError(f"--sweep {key} needs at least one value.")
         if key in (k for k, _ in sweeps):
             raise ConfigError(f"--sweep {key} is given twice; list all its values once.")
-        sweeps.append((key, [_typed(fields[key], key, t) for t in texts]))
+        values = [_typed(fields[key], key, t) for t in texts]
+        for i, value in enumerate(values):
+            if value in values[:i]:  # one folder for both (0.1 and 0.10, 0.0 and -0.0)
+                raise ConfigError(f"--sweep {key}: {texts[i]!r} is the same value as "
+                                  f"{texts[values.index(value)]!r}; list each value once.")
+        sweeps.append((key, values))
     return sweeps
 
 
 def _typed(field, key: str, text: str):
+    """The value of one --sweep text, as the flag's argparse type and choices would take it."""
     default = field.default
     try:
         if isinstance(default, bool):
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
-            return text.lower() in ("true", "1")
-        if isinstance(default, tuple):
-            return tuple(int(v) for v in text.split(",") if v)
-        return type(default)(text)
+            value = text.lower() in ("true", "1")
+        elif isinstance(default, tuple):
+            value = tuple(int(v) for v in text.split(",") if v)
+        else:
+            value = type(default)(text)
     except ValueError:
         raise ConfigError(f"--sweep {key}: {text!r} is not a value of {key}.") from None
+    choices = field.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"--sweep {key}: {text!r} is not one of "
+                          f"{', '.join(map(str, choices))}.")
+    return value
 
 
 def combinations(sweeps) -> list:

@@ -34,6 +34,19 @@ def require_tensorboard() -> None:
                                  f"import ({e}); reinstall it: {INSTALL_HINT}.") from None
 
 
+def check_logdir(logdir: str) -> None:
+    """TensorBoardError unless logdir is a folder that exists or can be made; called before
+    training, so that a bad --tensorboard is not found out only after the first epoch."""
+    if os.path.exists(logdir) and not os.path.isdir(logdir):
+        raise TensorBoardError(f"--tensorboard {logdir} is a file; name a folder (it is made if "
+                               f"needed).")
+    try:
+        os.makedirs(logdir, exist_ok=True)
+    except OSError as e:
+        raise TensorBoardError(f"cannot make the --tensorboard folder {logdir} ({e.strerror}); "
+                               f"choose a folder you can write to.") from None
+
+
 def open_writer(logdir: str, purge_step: int = None):
     """A torch.utils.tensorboard.SummaryWriter writing into logdir (made if needed).
 
@@ -44,9 +57,7 @@ def open_writer(logdir: str, purge_step: int = None):
     """
     require_tensorboard()
     from torch.utils.tensorboard import SummaryWriter
-    if os.path.exists(logdir) and not os.path.isdir(logdir):
-        raise TensorBoardError(f"--tensorboard {logdir} is a file; name a folder (it is made if "
-                               f"needed).")
+    check_logdir(logdir)
     try:
         return SummaryWriter(log_dir=logdir, purge_step=purge_step)
     except OSError as e:

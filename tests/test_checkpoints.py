@@ -194,10 +194,16 @@ def test_stale_temporaries_are_removed_when_training_starts(tmp_path):
     stale = modeldir / f".model-3.ckpt{checkpoints._TMP_MARK}4242.part"
     stale.write_bytes(b"left by a killed process")
     (modeldir / "notes.txt").write_text("mine")
+    records = [modeldir / f".{name}{checkpoints._TMP_MARK}123.part"
+               for name in ("metrics.csv", "config.json", "curves.png")]
+    for record in records:
+        record.write_bytes(b"left by a killed process")
+    prediction = modeldir / f".predictions.npy{checkpoints._TMP_MARK}77.part"
+    prediction.write_bytes(b"a prediction being written: not the run's")
     x, y = data(16)
     tiny_model(modeldir, max_epoch=1).train(x, y)
-    assert not stale.exists()
-    assert (modeldir / "notes.txt").read_text() == "mine"
+    assert not stale.exists() and not any(record.exists() for record in records)
+    assert (modeldir / "notes.txt").read_text() == "mine" and prediction.exists()
     assert (modeldir / "model-1.ckpt").exists()
 
 
@@ -325,12 +331,11 @@ def test_resume_refuses_when_every_checkpoint_is_damaged(tmp_path):
     assert snapshot(modeldir) == before  # nothing overwritten
 
 
-def test_resume_latest_in_an_empty_modeldir_starts_anew(tmp_path):
+def test_resume_latest_in_an_empty_modeldir_is_refused(tmp_path):
     x, y = data(16)
-    lines = []
-    MyModel(tiny_config(tmp_path / "m", max_epoch=1), log=lines.append).train(x, y, resume="latest")
-    assert any("starting anew" in line for line in lines)
-    assert load(tmp_path / "m" / "model-1.ckpt")["epoch"] == 1
+    with pytest.raises(Model.CheckpointError, match="nothing to resume"):
+        tiny_model(tmp_path / "m", max_epoch=1).train(x, y, resume="latest")
+    assert not (tmp_path / "m" / "model-1.ckpt").exists()
 
 
 def test_signal_during_validation_stops_after_the_epoch_with_a_checkpoint(tmp_path, monkeypatch):
@@ -421,6 +426,17 @@ def two_epochs(tmp_path_factory):
     x, y = data(16)
     tiny_model(modeldir, max_epoch=2).train(x, y)
     return str(modeldir), x, y
+
+
+def test_a_best_checkpoint_past_the_resumed_epoch_is_dropped_and_no_other(two_epochs, tmp_path):
+    modeldir, _, _ = two_epochs
+    folder = tmp_path / "m"
+    folder.mkdir()
+    best = folder / checkpoints.BEST
+    for resumed_at, kept in ((1, False), (2, True), (3, True)):  # the best is of epoch 2
+        shutil.copyfile(os.path.join(modeldir, "model-2.ckpt"), best)
+        checkpoints.drop_best_past(str(folder), resumed_at, log=lambda *a: None)
+        assert best.exists() == kept, f"resumed at epoch {resumed_at}"
 
 
 def _malformed_copy(two_epochs, tmp_path, name) -> str:
@@ -573,7 +589,19 @@ RUN_CHANGES = {
     "no_decay_bn_bias": ["--no_decay_bn_bias"],
     "label_smoothing": ["--label_smoothing", "0.1"],
     "ema": ["--ema", "0.9"],
+    "sync_bn": ["--sync_bn"],
 }
+# Flags of TINY that shape a ResNet only: a run of another network is given without them.
+RESNET_ONLY = ("--resnet_size", "--first_num_filters")
+
+
+def without(flags: list, names) -> list:
+    """flags less each named flag and its value."""
+    out = list(flags)
+    for name in names:
+        i = out.index(name)
+        del out[i:i + 2]
+    return out
 
 
 def test_every_run_defining_key_has_a_refusal_test():
@@ -589,12 +617,20 @@ def test_resume_of_a_different_run_is_refused(copy_of_run, tmp_path, capsys, key
         change, named = ["--data_dir", data_dir], "data was"
     else:
         change, named = RUN_CHANGES[key], key
+    if key == "network":
+        flags = without(flags, RESNET_ONLY)
     before = snapshot(modeldir)
     capsys.readouterr()
-    rc = main.main(flags + ["--modeldir", modeldir, "--max_epoch", "4", "--resume"] + change)
+    try:
+        rc = main.main(flags + ["--modeldir", modeldir, "--max_epoch", "4", "--resume"] + change)
+    except SystemExit as e:  # argparse's way out, taken for a refused flag
+        rc = e.code
     err = capsys.readouterr().err
-    assert rc == 1
-    assert err.startswith("error: ") and named in err and "model-2.ckpt" in err, err
+    if key == "batch_norm":  # a flag of the simple networks only: refused as a flag
+        assert rc == 2 and "--batch_norm does not apply to --network resnet" in err, err
+    else:
+        assert rc == 1
+        assert err.startswith("error: ") and named in err and "model-2.ckpt" in err, err
     assert snapshot(modeldir) == before
 
 

@@ -3,6 +3,7 @@ import io
 import os
 import pickle
 import pickletools
+import struct
 import tracemalloc
 
 import numpy as np
@@ -317,6 +318,22 @@ def test_a_file_cannot_change_the_loader(tmp_path):
         load_data(data_dir)
     assert_names(info, path)
     assert encode.__defaults__ is None
+
+
+def _encode_call(text: str, encoding: str) -> bytes:
+    """A protocol 2 pickle of ``_codecs.encode(text, encoding)``, as Python 3 pickles bytes."""
+    def unicode(value: str) -> bytes:
+        raw = value.encode("utf-8")
+        return pickle.BINUNICODE + struct.pack("<I", len(raw)) + raw
+    return (pickle.PROTO + b"\x02" + pickle.GLOBAL + b"_codecs\nencode\n" + unicode(text)
+            + unicode(encoding) + pickle.TUPLE2 + pickle.REDUCE + pickle.STOP)
+
+
+def test_codecs_encode_is_admitted_for_latin1_only():
+    assert safe_pickle.safe_unpickle(_encode_call("\x00\xff", "latin1")) == b"\x00\xff"
+    for encoding in ("utf-8", "rot13", "hex", "LATIN1"):  # any other name looks a codec up
+        with pytest.raises(pickle.UnpicklingError, match=f"_codecs.encode .*{encoding!r}"):
+            safe_pickle.safe_unpickle(_encode_call("\x00\xff", encoding))
 
 
 def test_a_refused_name_is_quoted_on_one_line(tmp_path):

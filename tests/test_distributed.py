@@ -9,10 +9,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+import checkpoints
 import distributed
+import plots
 from cifar_files import write_cifar
 from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
 from batches import batch_slices, global_batch_sizes
@@ -103,9 +108,70 @@ def test_the_environment_is_read_as_torchrun_sets_it():
             distributed.from_environment(bad)
 
 
-def test_a_batch_that_does_not_divide_among_the_processes_is_refused(cifar, tmp_path):
+def test_lost_contact_gives_the_backend_reason_in_whole_words():
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] "
+                        "Read error [127.0.0.1]:62667: Connection reset by peer. This is typically "
+                        "caused by a remote worker hanging or bugs in the application code. "
+                        + "More. " * 50)
+    said = str(distributed.lost_contact(gloo))
+    assert "(Read error [127.0.0.1]:62667: Connection reset by peer);" in said, said
+    long = str(distributed.lost_contact(RuntimeError("connection lost " * 40)))
+    reason = long[long.index("(") + 1:long.index(")")]
+    assert reason.endswith(" ...") and len(reason) <= distributed.MAX_REASON + 4
+    assert set(reason[:-4].split()) == {"connection", "lost"}, reason
+
+
+def test_a_rank_without_a_gpu_of_its_own_says_so_before_choosing_a_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    first = distributed.Context(rank=0, world_size=2, local_rank=0)
+    assert distributed.device_for(first, "auto") == "cuda:0"
+    second = distributed.Context(rank=1, world_size=2, local_rank=1)
+    with pytest.raises(distributed.DistributedError, match="local rank 1 has no GPU of its own"):
+        distributed.device_for(second, "cuda")
+
+
+def _check_on_two_ranks(rank, store_path, refusing, outcomes):
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        with distributed.all_or_none(ValueError):
+            if rank in refusing:
+                raise ValueError(f"rank {rank} refuses")
+        outcomes[rank] = "went on"
+    except (ValueError, distributed.PeerRefused, distributed.StandDown) as e:
+        outcomes[rank] = (type(e).__name__, getattr(e, "rank", None), str(e))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("refusing, expected", [
+    ((), ["went on", "went on"]),
+    ((0,), [("ValueError", None, "rank 0 refuses"), ("StandDown", None, "")]),
+    ((1,), [("PeerRefused", 1, "rank 1 refuses"), ("StandDown", None, "")]),
+    ((0, 1), [("ValueError", None, "rank 0 refuses"), ("StandDown", None, "")]),
+])
+def test_a_refusal_on_any_rank_stops_every_rank_and_rank_0_says_it(tmp_path, refusing, expected):
+    outcomes = mp.Manager().dict()
+    mp.spawn(_check_on_two_ranks, args=(str(tmp_path / "store"), refusing, outcomes), nprocs=2)
+    assert [outcomes[0], outcomes[1]] == expected
+
+
+@pytest.fixture
+def slow_rank_0(tmp_path):
+    """An environment in which rank 0 starts 3 s after the others, as on a busy machine: a rank
+    that fails first has torchrun stop rank 0, perhaps before it has said why."""
+    hook = tmp_path / "slow_rank_0"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import os, time\n"
+                                           "if os.environ.get('RANK') == '0':\n"
+                                           "    time.sleep(3)\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_is_refused(cifar, tmp_path,
+                                                                      slow_rank_0):
     r = torchrun(["--mode", "train", "--data_dir", cifar, "--modeldir", str(tmp_path / "m"),
-                  *FLAGS, "--batch_size", "7"])
+                  *FLAGS, "--batch_size", "7"], env=slow_rank_0)
     assert r.returncode != 0
     said = [line for line in r.stderr.splitlines() if "--batch_size 7" in line]
     assert len(said) == 1 and "multiple of 2" in said[0], r.stderr
@@ -122,8 +188,11 @@ def test_two_processes_train_with_one_voice_and_one_set_of_files(two_process_run
     starts = [line for line in lines if line.startswith("training ")]
     assert len(starts) == 1 and starts[0].endswith("on 2 processes (gloo)"), r.stdout
     assert len([line for line in lines if line.startswith("config: ")]) == 1
-    assert sorted(os.listdir(modeldir)) == [".lock", "config.json", "metrics.csv",
-                                             "model-1.ckpt", "model-2.ckpt", "model-best.ckpt"]
+    drawn = ["curves.png"] if plots.matplotlib_available() else []  # an optional extra
+    assert sorted(os.listdir(modeldir)) == sorted([".lock", "config.json", "metrics.csv",
+                                                   "model-1.ckpt", "model-2.ckpt",
+                                                   "model-best.ckpt"] + drawn)
+    assert len([line for line in lines if line.endswith("curves.png")]) == len(drawn), r.stdout
     with open(os.path.join(modeldir, "metrics.csv")) as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["1", "2"]
     ckpt = load(os.path.join(modeldir, "model-2.ckpt"))
@@ -157,6 +226,35 @@ def test_distributed_test_counts_every_image_once(two_process_run, cifar):
     assert b.group(3) == "1001" and a.group(1) == b.group(1)
     assert float(a.group(2)) == pytest.approx(float(b.group(2)), abs=1e-4)
     assert both.stdout.count("confusion matrix") == 1  # one report, from rank 0
+    # The same prediction for each image, not only as many right: the ranks' parts in order.
+    assert _confusion(both.stdout) == _confusion(single.stdout)
+
+
+def _confusion(stdout: str) -> list:
+    """The confusion matrix a test report prints: (true class, predicted class) -> count."""
+    lines = stdout[stdout.index("confusion matrix of"):].splitlines()[2:]
+    matrix = [[int(v) for v in line.split()[2:]] for line in lines if line.strip()]
+    # More than one class predicted, or the order of the predictions would not show.
+    assert len(matrix) == 10 and sum(1 for column in zip(*matrix) if any(column)) > 1, stdout
+    return matrix
+
+
+def test_three_processes_test_and_predict_whatever_the_training_batch(two_process_run, cifar,
+                                                                      tmp_path):
+    modeldir, _ = two_process_run
+    common = ["--data_dir", cifar, "--modeldir", modeldir, *TINY, "--quiet"]  # --batch_size 8
+    single = run_main(["--mode", "test", "--checkpoints", "2", *common])
+    three = torchrun(["--mode", "test", "--checkpoints", "2", *common], nproc=3)
+    assert single.returncode == 0 and three.returncode == 0, single.stderr + three.stderr
+    assert _confusion(three.stdout) == _confusion(single.stdout)  # parts of 334, 334 and 333
+
+    private = str(tmp_path / "private.npy")
+    np.save(private, np.random.default_rng(0).integers(0, 256, (5, 3072), dtype=np.uint8))
+    output = str(tmp_path / "p.npy")
+    r = torchrun(["--mode", "predict", "--private_data", private, "--output", output, *common],
+                 nproc=3)
+    assert r.returncode == 0, r.stderr
+    assert np.load(output).shape == (5, 10)
 
 
 def _one_step(cifar, modeldir, nproc, *extra):
@@ -230,6 +328,19 @@ def test_a_rank_that_dies_ends_the_run_instead_of_hanging(cifar, tmp_path):
         proc.kill()
     assert proc.returncode != 0
     assert time.monotonic() - began < 120
+
+
+def test_a_locked_folder_is_refused_in_one_sentence_by_rank_0_alone(cifar, tmp_path):
+    modeldir = tmp_path / "m"
+    modeldir.mkdir()
+    with checkpoints.RunLock(str(modeldir)):  # another run holds the folder
+        r = torchrun(["--mode", "train", "--data_dir", cifar, "--modeldir", modeldir, *FLAGS,
+                      "--max_epoch", "1"])
+    assert r.returncode != 0
+    said = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert len(said) == 1 and f"another training run (process {os.getpid()})" in said[0], r.stderr
+    assert "lost contact" not in r.stderr
+    assert os.listdir(modeldir) == [".lock"]
 
 
 def test_torchrun_is_refused_where_one_process_is_meant(cifar, tmp_path):

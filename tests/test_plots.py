@@ -2,6 +2,8 @@
 without it, and the tests of reading metrics.csv and of the missing-matplotlib message run
 everywhere."""
 import csv
+import json
+import math
 import os
 import struct
 import sys
@@ -88,6 +90,14 @@ DAMAGED = {
     "a fractional epoch": (HEADER + "1.5,0.1,2.0,0.4,2.2,0.35,12.5,3600\n", "not a positive whole"),
     "an epoch twice": (HEADER + GOOD + GOOD, "epoch 1 comes after epoch 1"),
     "binary junk": ("\x00\xff\xfe" * 10, "is not a readable CSV file"),
+    "a loss no float32 holds": (HEADER + "1,0.1,1e308,0.4,2.2,0.35,12.5,3600\n",
+                                "line 2: train_loss is 1e+308"),
+    "a negative loss": (HEADER + "1,0.1,2.0,0.4,-1e308,0.35,12.5,3600\n",
+                        "line 2: valid_loss is -1e+308"),
+    "an infinite rate": (HEADER + "1,inf,2.0,0.4,2.2,0.35,12.5,3600\n", "line 2: lr is inf"),
+    "a negative rate": (HEADER + "1,-0.1,2.0,0.4,2.2,0.35,12.5,3600\n", "line 2: lr is -0.1"),
+    "an epoch past counting": (HEADER + "1e308,0.1,2.0,0.4,2.2,0.35,12.5,3600\n",
+                               "not a positive whole"),
 }
 
 
@@ -117,6 +127,25 @@ def test_lr_changes_are_the_first_epochs_at_a_new_rate():
     rows[6]["lr"] = rows[7]["lr"] = 0.001
     assert plots.lr_changes(rows) == [(4, pytest.approx(0.01)), (7, pytest.approx(0.001))]
     assert plots.lr_changes(metrics_rows(epochs=3, decay_after=3)) == []
+
+
+def test_only_the_decays_of_a_step_schedule_are_marked():
+    rows = metrics_rows(epochs=6, decay_after=4)
+    rows[0]["lr"] = 0.05  # the warm-up's rise is not a decay
+    assert plots.lr_changes(rows, "step") == [(5, pytest.approx(0.01))]
+    for epoch, row in enumerate(rows, 1):  # a rate that changes at every epoch
+        row["lr"] = 0.05 * (1 + math.cos(math.pi * epoch / 7))
+    assert plots.lr_changes(rows, "cosine") == []
+    assert plots.lr_changes(rows, "onecycle") == []
+
+
+def test_the_schedule_is_the_one_config_json_records(tmp_path):
+    assert plots.recorded_schedule(str(tmp_path)) == "step"  # no record: the default schedule
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"config": {"lr_schedule": "cosine", "max_epoch": 6}}, f)
+    assert plots.recorded_schedule(str(tmp_path)) == "cosine"
+    (tmp_path / "config.json").write_text("{damaged")
+    assert plots.recorded_schedule(str(tmp_path)) == "step"
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,3 +237,46 @@ def test_a_picture_that_cannot_be_written_is_named_and_leaves_no_temporary(tmp_p
     with pytest.raises(plots.PlotError, match="cannot write .*curves.png"):
         plots.draw_curves(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["curves.png", "metrics.csv"]
+
+
+def test_a_cosine_run_has_no_rate_marked(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    rows = metrics_rows(epochs=6)
+    for epoch, row in enumerate(rows, 1):
+        row["lr"] = 0.05 * (1 + math.cos(math.pi * epoch / 7))
+    figure = plots.curves_figure(rows, "run", "cosine")
+    for axes in figure.axes:
+        assert [line for line in axes.get_lines() if line.get_linestyle() == "--"] == []
+        assert list(axes.texts) == []
+    write_metrics(tmp_path, rows)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"config": {"lr_schedule": "cosine"}}, f)
+    drawn = []
+    real = plots.curves_figure
+
+    def spy(rows, name, schedule="step"):
+        drawn.append(schedule)
+        return real(rows, name, schedule)
+
+    monkeypatch.setattr(plots, "curves_figure", spy)
+    plots.draw_curves(str(tmp_path))
+    assert drawn == ["cosine"]
+
+
+def test_extreme_losses_a_run_can_record_are_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = metrics_rows(epochs=3)
+    rows[0]["train_loss"] = 3e38  # float32's largest finite values are near 3.4e38
+    rows[1]["valid_loss"] = math.inf
+    rows[2]["valid_loss"] = math.nan
+    write_metrics(tmp_path, rows)
+    assert plots.draw_curves(str(tmp_path)).endswith("curves.png")
+
+
+def test_plot_mode_refuses_an_impossible_metrics_file_in_one_sentence(tmp_path):
+    from cli_tools import run_main
+    write_text(tmp_path, HEADER + GOOD + "2,0.1,1e308,0.5,1.1,0.45,12.5,3600\n")
+    r = run_main(["--mode", "plot", "--modeldir", str(tmp_path)])
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    said = r.stderr.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("error: ") and "metrics.csv" in said[0], r.stderr

@@ -299,6 +299,7 @@ def test_the_command_line_applies_the_recipe(tmp_path):
     (["--label_smoothing", "1"], "--label_smoothing"),
     (["--ema", "1"], "--ema"),
     (["--budget_minutes", "-1"], "--budget_minutes"),
+    (["--budget_minutes", "1e308"], "--budget_minutes"),  # finite, but no plan can count it
 ])
 def test_unusable_option_values_are_refused_by_name(flags, named, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -322,7 +323,7 @@ def test_config_refuses_bad_values_directly():
     (600, 30, 50, 5, 1, 9),      # (570 * 0.97) / 56 = 9.87
     (600, 30, 50, 4, 0, 10),     # 552.9 / 54 = 10.2
     (1800, 20, 80, 3, 0.5, 20),  # 1726.6 / 83.5 = 20.7
-    (60, 50, 100, 0, 0, 1),      # nothing fits: one epoch all the same
+    (60, 50, 100, 0, 0, 0),      # nothing fits (planned_changes refuses it)
 ])
 def test_budget_planner_gives_the_expected_epoch_count(seconds, spent, train, valid, save,
                                                        expected):
@@ -373,3 +374,21 @@ def test_a_budget_too_small_for_the_warm_up_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="--budget_minutes"):
         tiny_model(tmp_path, budget_minutes=1.0, max_epoch=10, lr_schedule="onecycle",
                    warmup_epochs=2.0).train(x, y)
+
+
+def test_a_warm_up_from_the_recipe_scales_with_the_plan():
+    cfg = Config(recipe="fast", lr_decay_epochs=()).apply_recipe(explicit={"lr_decay_epochs"})
+    assert cfg.max_epoch == 15 and cfg.warmup_epochs == 2.0
+    changes = budget.planned_changes(cfg, 3, 10.0)
+    assert changes["max_epoch"] == 3
+    assert changes["warmup_epochs"] == pytest.approx(2.0 * 3 / 15)  # the same share of the run
+    # Given explicitly, the warm-up is the user's: a plan it fills is refused, naming it.
+    explicit = Config(recipe="fast", warmup_epochs=2.0).apply_recipe(explicit={"warmup_epochs"})
+    with pytest.raises(ConfigError, match="--warmup_epochs 2"):
+        budget.planned_changes(explicit, 2, 10.0)
+    assert budget.planned_changes(explicit, 3, 10.0)["max_epoch"] == 3
+
+
+def test_a_plan_without_one_whole_epoch_is_refused():
+    with pytest.raises(ConfigError, match="no time for one epoch"):
+        budget.planned_changes(Config(budget_minutes=0.01), 0, 42.0)

@@ -131,16 +131,21 @@ def test_model_best_follows_the_best_validation_accuracy(tmp_path, monkeypatch):
     assert checkpoints.list_checkpoints(str(tmp_path / "m")) == [1, 2, 3, 4]
 
 
-def test_resume_drops_a_best_checkpoint_from_past_the_resumed_epoch(tmp_path, monkeypatch):
+def test_retraining_from_an_earlier_epoch_drops_a_best_checkpoint_past_it(tmp_path, monkeypatch):
     x, y = make_batch(24, np.random.default_rng(0))
     first = MyModel(tiny_config(tmp_path / "m", max_epoch=3), log=lambda *a: None)
     accuracies = iter([0.25, 0.5, 0.75])
     monkeypatch.setattr(first, "validate", lambda xv, yv: (next(accuracies), 1.0))
     first.train(x[:16], y[:16], x[16:], y[16:])
     assert load(tmp_path / "m" / checkpoints.BEST)["epoch"] == 3
-    again = MyModel(tiny_config(tmp_path / "m", max_epoch=1), log=lambda *a: None)
-    again.train(x[:16], y[:16], x[16:], y[16:], resume=1)  # back to epoch 1: nothing to train
-    assert not (tmp_path / "m" / checkpoints.BEST).exists()
+    again = MyModel(tiny_config(tmp_path / "m", max_epoch=2), log=lambda *a: None)
+    monkeypatch.setattr(again, "validate", lambda xv, yv: (0.1, 1.0))  # never the best
+    with pytest.raises(checkpoints.CheckpointError, match="--overwrite"):  # asked for, or refused
+        again.train(x[:16], y[:16], x[16:], y[16:], resume=1)
+    assert load(tmp_path / "m" / checkpoints.BEST)["epoch"] == 3
+    again.train(x[:16], y[:16], x[16:], y[16:], resume=1, overwrite=True)
+    assert not (tmp_path / "m" / checkpoints.BEST).exists()  # the epoch-3 best is of another run
+    assert checkpoints.list_checkpoints(str(tmp_path / "m")) == [1, 2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +208,37 @@ def test_report_without_names_uses_class_numbers_and_json_holds_the_same(tmp_pat
     assert back["confusion_matrix"] == confusion
     assert back["set"] == "valid" and back["best"] == "model-best.ckpt"
     assert [c["checkpoint"] for c in back["checkpoints"]] == ["model-1.ckpt", "model-best.ckpt"]
+
+
+def test_of_equally_accurate_checkpoints_the_report_takes_the_first_listed():
+    labels, predictions, confusion = hand_case()
+    other = predictions.copy()
+    other[2], other[6] = 2, 2  # a cat lost, a bird won: the same accuracy, other classes right
+    other_confusion = [[1, 1, 1], [0, 2, 0], [0, 1, 3]]
+    assert (other == labels).mean() == (predictions == labels).mean()
+    cases = {"model-1.ckpt": (predictions, confusion), "model-2.ckpt": (other, other_confusion)}
+    for order in (["model-1.ckpt", "model-2.ckpt"], ["model-2.ckpt", "model-1.ckpt"]):
+        results = [{"checkpoint": name, "epoch": int(name[6]), "loss": 1.0, "images": 9,
+                    "accuracy": float((cases[name][0] == labels).mean()),
+                    "predictions": cases[name][0]} for name in order]
+        report = reports.build(results, labels, NAMES, 3, "test")
+        first = order[0]
+        assert report["best"] == first
+        assert report["confusion_matrix"] == cases[first][1]
+        per_class = [c["accuracy"] for c in report["per_class"]]
+        assert per_class == [row[k] / sum(row) for k, row in enumerate(cases[first][1])]
+        assert f"per class, {first}:" in reports.format_text(report)
+
+
+def test_report_json_holds_no_nan(tmp_path):
+    labels, predictions, _ = hand_case()
+    results = _results(labels, predictions)
+    results[0]["loss"] = float("nan")  # a checkpoint whose loss overflowed
+    path = str(tmp_path / "report.json")
+    reports.write_json(reports.build(results, labels, NAMES, 3, "test"), path)
+    with open(path) as f:
+        back = json.loads(f.read(), parse_constant=lambda word: pytest.fail(f"{word} in JSON"))
+    assert back["checkpoints"][0]["loss"] is None and back["checkpoints"][1]["loss"] == 0.75
 
 
 # --------------------------------------------------------------------------------------------

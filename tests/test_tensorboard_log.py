@@ -76,8 +76,8 @@ def test_open_writer_refuses_a_file_for_a_folder_or_on_the_way_to_one(tmp_path):
     path.write_text("")
     with pytest.raises(tensorboard_log.TensorBoardError, match="is a file"):
         tensorboard_log.open_writer(str(path))
-    with pytest.raises(tensorboard_log.TensorBoardError, match="cannot write TensorBoard logs to "
-                                                               ".*not_a_folder/sub"):
+    with pytest.raises(tensorboard_log.TensorBoardError, match="cannot make the --tensorboard "
+                                                               "folder .*not_a_folder/sub"):
         tensorboard_log.open_writer(str(path / "sub"))
 
 
