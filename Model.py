@@ -279,9 +279,11 @@ class MyModel:
         if ckpt is None:
             kept = f" (only {checkpoints.BEST}, which is kept)" \
                 if os.path.lexists(checkpoint_path(modeldir, "best")) else ""
+            anew = "pass --overwrite instead to start anew over its files, or choose another " \
+                   "--modeldir" if kept or checkpoints.run_records(modeldir) else \
+                "drop --resume to start a new run"
             raise CheckpointError(f"--resume: {modeldir} holds no numbered or interrupted "
-                                  f"checkpoint{kept}, so there is nothing to resume; drop --resume "
-                                  f"to start a new run, in another --modeldir to keep this one.")
+                                  f"checkpoint{kept}, so there is nothing to resume; {anew}.")
         return path, ckpt
 
     def _later_files(self, resume, path: str, ckpt: dict, overwrite: bool) -> list:

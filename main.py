@@ -430,12 +430,22 @@ def run_predict(config: Config, args) -> int:
 
 
 def run_sweep(config: Config, args) -> int:
+    if isinstance(args.resume, int):
+        raise ConfigError(f"--resume {args.resume}: a sweep continues each run from its own newest "
+                          f"checkpoint; pass --resume without a number.")
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--overwrite with --resume: a sweep either continues its runs (--resume) "
+                          "or starts each anew (--overwrite); give one of them.")
     sweeps = sweep.parse(args.sweep)
-    _announce(config)
-    rows = sweep.run(config, sweeps, resume=args.resume is not None,
-                     overwrite=bool(args.overwrite),
-                     # each run of a sweep has the whole --budget_minutes, from its own start
-                     train=lambda c, r, o: train_run(c, r, o, started=time.monotonic()))
+
+    def train_one(run_config: Config, resume, overwrite: bool) -> list:
+        _announce(run_config)  # each run's own configuration: recipe and derived values resolved
+        # each run of a sweep has the whole --budget_minutes, from its own start
+        return train_run(run_config, resume, overwrite, started=time.monotonic())
+
+    # Each run is configured afresh from the command line's values, as its own command line would.
+    rows = sweep.run(vars(args), args.explicit, sweeps, resume=args.resume is not None,
+                     overwrite=bool(args.overwrite), train=train_one)
     print(sweep.format_table([k for k, _ in sweeps], rows))
     print(f"wrote {os.path.join(config.modeldir, sweep.SWEEP_CSV)}")
     return 0
@@ -492,7 +502,8 @@ def main(argv=None) -> int:
                               f"not torchrun.")
         config.device = distributed.device_for(context, config.device)
         # Only training splits --batch_size among the processes; test and predict do not use it.
-        config.validate(world_size=context.world_size if args.mode == "train" else 1)
+        if args.mode != "sweep":  # a sweep configures and checks each of its runs itself
+            config.validate(world_size=context.world_size if args.mode == "train" else 1)
         device = Model.select_device(config.device)  # fail before any download or data loading
         args.context = distributed.start(context, device, config.dist_timeout)
         modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot,

@@ -93,11 +93,49 @@ def combinations(sweeps) -> list:
 
 
 def _text(value) -> str:
+    """A value as its folder name and sweep.csv write it: exactly (a float's shortest text that
+    reads back as the same float, an epoch list joined by commas)."""
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def folder_name(combo: dict) -> str:
+    # parse admits only numbers, switches, epoch lists and listed choices, so no value holds a
+    # path separator and the name stays inside --modeldir; plan checks its length.
     return ",".join(f"{k}={_text(v)}" for k, v in combo.items())
+
+
+def plan(cli: dict, explicit, sweeps) -> list:
+    """[(combo, Config)] of every combination, each configured as its own command line would be.
+
+    ``cli`` holds the command line's configuration values as parsed (before the recipe and the
+    derived values), ``explicit`` the configuration flags it gave. A run's Config is made afresh
+    from them with the swept values given as flags: __post_init__ derives num_classes and
+    download_url from its dataset and label_mode, its recipe sets all but the explicit and swept
+    keys, and it is checked as the flags would be. ConfigError names the first run refused.
+    """
+    given = set(explicit) | {k for k, _ in sweeps}
+    if {"budget_minutes", "max_epoch"} <= given:
+        raise ConfigError("--budget_minutes sets the number of epochs itself; sweep or give it "
+                          "or --max_epoch, not both.")
+    names = [f.name for f in dataclasses.fields(Config)]
+    runs = []
+    for combo in combinations(sweeps):
+        name = folder_name(combo)
+        size = len(os.fsencode(name))
+        if size > MAX_NAME_BYTES:
+            raise ConfigError(f"--sweep: the folder name {name[:40]}... is {size} bytes, too long "
+                              f"for a folder name (at most {MAX_NAME_BYTES}); sweep fewer or "
+                              f"shorter values.")
+        values = dict({k: cli[k] for k in names}, **combo,
+                      modeldir=os.path.join(cli["modeldir"], name))
+        if cli["tensorboard"]:  # one TensorBoard run per value, side by side
+            values["tensorboard"] = os.path.join(cli["tensorboard"], name)
+        try:
+            run_config = Config(**values).apply_recipe(given).check_applicable(given).validate()
+        except ConfigError as e:
+            raise ConfigError(f"sweep value {name}: {e}") from None
+        runs.append((combo, run_config))
+    return runs
 
 
 def _summary(history: list) -> dict:
@@ -109,53 +147,85 @@ def _summary(history: list) -> dict:
             "seconds": sum(m["seconds"] for m in history)}
 
 
-def _finished_history(config: Config):
-    """The metrics of a run that already reached max_epoch in its folder, or None."""
-    found = checkpoints.list_checkpoints(config.modeldir)
-    if not found or found[-1] < config.max_epoch:
+def _finished_history(run_config: Config, name: str, log):
+    """With --resume: the metrics of the run in a value's folder if it reached max_epoch there,
+    else None (a run to continue, or none yet). What resuming it would refuse (a run trained with
+    other flags, nothing to resume from) and a run trained past max_epoch are refused here, before
+    any value trains, so that sweep.csv never mixes runs."""
+    if not checkpoints.run_files(run_config.modeldir):
         return None
-    path = checkpoints.checkpoint_path(config.modeldir, found[-1])
-    return checkpoints.read_checkpoint(path)["metrics"]
+    from Model import MyModel
+    model = MyModel(copy.copy(run_config), log=log)  # a copy: it adopts a budget run's own plan
+    try:
+        model.check_resumable("latest")
+    except checkpoints.CheckpointError as e:
+        raise checkpoints.CheckpointError(f"sweep value {name}: {e}") from None
+    _, ckpt = checkpoints.newest_resumable(run_config.modeldir, log=lambda *a: None)
+    max_epoch = model.config.max_epoch
+    if ckpt["epoch"] > max_epoch:
+        raise checkpoints.CheckpointError(
+            f"sweep value {name}: {run_config.modeldir} holds {ckpt['epoch']} epochs, more than "
+            f"--max_epoch {max_epoch}, so its results are not this sweep's; pass --max_epoch "
+            f"{ckpt['epoch']} to resume the sweep, or choose another --modeldir.")
+    if ckpt["epoch"] < max_epoch:
+        return None
+    return ckpt["metrics"]
 
 
-def run(config: Config, sweeps, resume: bool, overwrite: bool, train, log=print) -> list:
+def _check_table(modeldir: str, resume: bool, overwrite: bool) -> None:
+    """A new sweep does not replace another sweep's table unasked."""
+    if not resume and not overwrite and os.path.lexists(os.path.join(modeldir, SWEEP_CSV)):
+        raise checkpoints.CheckpointError(
+            f"--modeldir {modeldir} already holds a sweep's {SWEEP_CSV}; pass --resume to "
+            f"continue that sweep, choose another --modeldir, or pass --overwrite to replace it.")
+
+
+def run(cli: dict, explicit, sweeps, resume: bool, overwrite: bool, train, log=print) -> list:
     """Train every combination with ``train(config, resume, overwrite) -> history``; return the
-    result rows (dicts of the swept values and RESULT_COLUMNS) and write sweep.csv."""
-    from Model import TrainingError  # training's own failures are a run's, not the sweep's
+    result rows (dicts of the swept values and RESULT_COLUMNS) and write sweep.csv.
 
-    runs = []
-    for combo in combinations(sweeps):
-        run_config = dataclasses.replace(config, **combo,
-                                         modeldir=os.path.join(config.modeldir, folder_name(combo)))
-        runs.append((combo, run_config.validate()))
+    ``cli`` and ``explicit``: the command line's values and flags (see plan). Whatever can be
+    refused without the data is refused before the first run trains; a run refused later (its
+    batch larger than the data, say) or failing is recorded as failed, and the sweep goes on.
+    """
+    # Training's own failures and refusals are a run's, not the sweep's.
+    from DataReader import DataError
+    from Model import TrainingError
+
+    runs = plan(cli, explicit, sweeps)
+    _check_table(cli["modeldir"], resume, overwrite)
+    finished = [_finished_history(run_config, folder_name(combo), log) if resume else None
+                for combo, run_config in runs]
     if not resume and not overwrite:
         for _, run_config in runs:
             checkpoints.check_fresh_start(run_config.modeldir, overwrite=False)
     rows = []
-    for combo, run_config in runs:
+    for (combo, run_config), history in zip(runs, finished):
         name = folder_name(combo)
-        history = _finished_history(run_config) if resume else None
         if history is not None:
             log(f"sweep: {name} already finished; skipped")
             rows.append(dict(combo, status="done", **_summary(history)))
             continue
         log(f"sweep: {name}")
-        has_run = bool(checkpoints.run_files(run_config.modeldir))
+        # With --resume a run continues from its newest checkpoint; one that left none (it failed,
+        # or was stopped in its first epoch) starts anew over the records of that attempt.
+        continues = resume and bool(checkpoints.run_files(run_config.modeldir))
         try:
-            history = train(run_config, "latest" if resume and has_run else None, overwrite)
+            if continues:
+                history = train(run_config, "latest", overwrite)
+            else:
+                history = train(run_config, None, overwrite or resume)
             rows.append(dict(combo, status="done", **_summary(history)))
-        except TrainingError as e:
+        except (TrainingError, ConfigError, DataError) as e:
             log(f"sweep: {name} failed: {e}")
             rows.append(dict(combo, status=f"failed: {e}", best_valid_acc=None, best_epoch=None,
                              final_train_loss=None, seconds=None))
-    _write(config.modeldir, [k for k, _ in sweeps], rows)
+    _write(cli["modeldir"], [k for k, _ in sweeps], rows)
     return rows
 
 
 def _cell(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else _text(value)
+    return "" if value is None else _text(value)  # exact: read back, a value is the one written
 
 
 def _write(modeldir: str, keys: list, rows: list) -> None:

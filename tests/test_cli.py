@@ -735,7 +735,11 @@ def test_the_lock_of_a_killed_run_does_not_block_the_next(workspace):
     first.kill()
     first.communicate()
     assert os.path.exists(os.path.join(modeldir, checkpoints.LOCK))
-    done = run_main(workspace.flags(modeldir=modeldir, max_epoch=1) + ["--resume"], timeout=120)
+    # Killed before its first checkpoint, it left records only: nothing to resume, so the next
+    # run starts anew over them, asked to.
+    resumed = run_main(workspace.flags(modeldir=modeldir, max_epoch=1) + ["--resume"], timeout=120)
+    assert resumed.returncode == 1 and "pass --overwrite instead" in resumed.stderr, resumed.stderr
+    done = run_main(workspace.flags(modeldir=modeldir, max_epoch=1) + ["--overwrite"], timeout=120)
     assert done.returncode == 0, done.stderr
     assert Model.list_checkpoints(modeldir) == [1]
 

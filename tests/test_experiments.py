@@ -87,50 +87,7 @@ def test_weight_summary_by_hand():
 
 
 # --------------------------------------------------------------------------------------------
-# Sweeps and CSV predictions, from the command line
-
-def test_a_sweep_trains_each_value_records_a_failure_and_resumes(tmp_path, capsys):
-    import csv
-    import os
-
-    import main
-    from cifar_files import write_cifar
-    from cli_tools import TINY
-    data_dir = str(tmp_path / "data")
-    write_cifar(data_dir, n_per_batch=8, n_test=4, seed=0)
-    modeldir = str(tmp_path / "sweep")
-    flags = TINY + ["--data_dir", data_dir, "--modeldir", modeldir, "--split_index", "32",
-                    "--max_epoch", "2", "--lr_decay_epochs", "--mode", "sweep",
-                    "--sweep", "learning_rate", "0.1", "1e30"]
-    assert main.main(flags) == 0
-    assert sorted(os.listdir(modeldir)) == ["learning_rate=0.1", "learning_rate=1e+30", "sweep.csv"]
-    with open(os.path.join(modeldir, "sweep.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["learning_rate"] for r in rows] == ["0.1", "1e+30"]
-    assert rows[0]["status"] == "done" and rows[0]["best_epoch"] in ("1", "2")
-    assert 0 <= float(rows[0]["best_valid_acc"]) <= 1 and float(rows[0]["final_train_loss"]) > 0
-    assert rows[1]["status"].startswith("failed: ") and "NaN or infinite" in rows[1]["status"]
-    finished = os.path.join(modeldir, "learning_rate=0.1", "model-2.ckpt")
-    before = os.path.getmtime(finished)
-    capsys.readouterr()
-    assert main.main(flags + ["--resume"]) == 0
-    out = capsys.readouterr().out
-    assert "learning_rate=0.1 already finished; skipped" in out
-    assert os.path.getmtime(finished) == before  # not trained again
-    assert main.main(flags) == 1  # without --resume, the used folders are refused
-
-
-def test_sweep_values_are_checked_before_anything_runs(tmp_path):
-    import sweep
-    from configure import ConfigError
-    with pytest.raises(ConfigError, match="--sweep no_such_key"):
-        sweep.parse([["no_such_key", "1"]])
-    with pytest.raises(ConfigError, match="'fast' is not a value of learning_rate"):
-        sweep.parse([["learning_rate", "0.1", "fast"]])
-    grid = sweep.parse([["learning_rate", "0.1", "0.01"], ["batch_norm", "true", "false"]])
-    assert len(sweep.combinations(grid)) == 4
-    assert sweep.folder_name(sweep.combinations(grid)[0]) == "learning_rate=0.1,batch_norm=True"
-
+# From the command line (sweeps: test_sweep.py)
 
 def test_downsample_d_with_the_pad_shortcut_is_refused_as_a_flag(tmp_path, capsys):
     import main

@@ -110,7 +110,8 @@ def test_messages_name_boolean_flags_as_they_are_written(data_dir, tmp_path, cap
 ])
 def test_a_flag_that_does_not_shape_the_network_is_refused(data_dir, tmp_path, capsys, network,
                                                            extra):
-    rc, err = run(capsys, *flags(data_dir, tmp_path / "m", "--network", network, *extra))
+    rc, err = run(capsys, *flags(data_dir, tmp_path / "m", "--network", network, "--max_epoch", 1,
+                                 *extra))
     assert rc == 2 and f"{extra[0]} does not apply to --network {network}" in err, err
     assert not (tmp_path / "m").exists()
 

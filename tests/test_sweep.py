@@ -126,11 +126,15 @@ def test_resume_refuses_a_value_trained_further_than_max_epoch(tmp_path, cifar, 
                             words=["learning_rate=0.1", "2 epochs", "--max_epoch 2"])
 
 
-def test_resume_n_is_refused_in_a_sweep(tmp_path, cifar, capsys):
+@pytest.mark.parametrize("flags,words", [
+    (["--resume", "5"], ["--resume 5", "without a number"]),
+    (["--resume", "--overwrite"], ["--overwrite", "--resume"])])
+def test_resume_n_and_resume_with_overwrite_are_refused_in_a_sweep(tmp_path, cifar, capsys,
+                                                                   flags, words):
     before = snapshot(str(tmp_path))
-    result = run(sweep_flags(cifar, str(tmp_path / "sweep"), "--sweep", "seed", "1", "--resume",
-                             "5"), capsys)
-    assert_refused_up_front(result, tmp_path, before, words=["--resume 5", "--resume"])
+    result = run(sweep_flags(cifar, str(tmp_path / "sweep"), "--sweep", "seed", "1", *flags),
+                 capsys)
+    assert_refused_up_front(result, tmp_path, before, words=words)
 
 
 def test_a_new_sweep_refuses_a_folder_that_holds_another_sweeps_table(tmp_path, cifar, capsys):
@@ -168,8 +172,9 @@ def test_a_swept_recipe_is_applied_per_value_and_explicit_flags_still_win(tmp_pa
                                  "fast", max_epoch="3"), capsys)
     assert rc == 0, err
     course, fast = stored_config(modeldir, "recipe=course"), stored_config(modeldir, "recipe=fast")
-    assert (course["learning_rate"], course["lr_schedule"], course["nesterov"]) == (0.1, "step", False)
-    assert (fast["learning_rate"], fast["lr_schedule"], fast["nesterov"]) == (0.2, "onecycle", True)
+    shown = ("learning_rate", "lr_schedule", "nesterov")
+    assert [course[k] for k in shown] == [0.1, "step", False]
+    assert [fast[k] for k in shown] == [0.2, "onecycle", True]  # the recipe's
     assert fast["normalize"] == "dataset" and fast["label_smoothing"] == 0.1
     assert fast["max_epoch"] == course["max_epoch"] == 3 and fast["amp"] == "off"  # explicit
 
@@ -183,6 +188,17 @@ def test_a_swept_label_mode_gives_each_value_its_number_of_classes(tmp_path, cap
     assert rc == 0, err
     assert stored_config(modeldir, "label_mode=fine")["num_classes"] == 100
     assert stored_config(modeldir, "label_mode=coarse")["num_classes"] == 20
+
+
+def test_flags_are_checked_with_each_value_not_alone(tmp_path, capsys):
+    # --label_mode coarse alone applies to cifar100 only: valid for the one value swept
+    data_dir = str(tmp_path / "data")
+    write_cifar100(data_dir, n_train=40, n_test=8)
+    modeldir = str(tmp_path / "sweep")
+    rc, _, err = run(sweep_flags(data_dir, modeldir, "--label_mode", "coarse",
+                                 "--sweep", "dataset", "cifar100"), capsys)
+    assert rc == 0, err
+    assert stored_config(modeldir, "dataset=cifar100")["num_classes"] == 20
 
 
 def test_plan_resolves_derived_values_per_value(tmp_path):
