@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from configure import CIFAR100_MD5, CIFAR100_URL, CIFAR10_MD5, CIFAR10_URL, CLASS_COUNTS
-from safe_pickle import safe_unpickle
+from trainer.data.safe_pickle import safe_unpickle
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"

@@ -20,18 +20,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ImageUtils
-import budget
-import checkpoints
-import records
-import reports
-import distributed
-import schedules
-import stop_requests
-from ema import WeightAverage
-from stop_requests import PAUSE_ENV  # noqa: F401  (the tests' pause hook, also named here)
-from checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
+from trainer.training import budget
+from trainer.run import checkpoints
+from trainer.run import records
+from trainer.reports import reports
+from trainer.parallel import distributed
+from trainer.training import schedules
+from trainer.training import stop_requests
+from trainer.training.ema import WeightAverage
+from trainer.training.stop_requests import PAUSE_ENV  # noqa: F401  (the tests' pause hook, also named here)
+from trainer.run.checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path, list_checkpoints,
                          read_checkpoint)
-from batches import batch_slices, epoch_plan, global_batch_sizes
+from trainer.training.batches import batch_slices, epoch_plan, global_batch_sizes
 from DataReader import fingerprint
 from NetWork import build_network, depth_of
 from configure import (ARCHITECTURE_KEYS, RECIPES, RUN_DEFINING_KEYS, Config, ConfigError, applies,
@@ -384,7 +384,7 @@ class MyModel:
 
     def _save(self, path: str, step: int = 0, partial: dict = None, data_digest: str = ""):
         if self.dist.is_main:  # under torchrun the ranks hold the same weights: one writes
-            checkpoints.atomic_save(self._state(step, partial or {}, data_digest), path)
+            checkpoints.save(self._state(step, partial or {}, data_digest), path)
 
     # ---------------------------------------------------------------- training
 
@@ -729,10 +729,10 @@ class MyModel:
         for num in checkpoint_list:
             ckpt = self.load(num)
             s = self.scores(x, y)
-            magnitudes = torch.cat([p.detach().abs().flatten() for p in self.network.parameters()])
             results.append({"checkpoint": os.path.basename(self.checkpoint_file(num)),
                             "epoch": ckpt["epoch"],
-                            "weights": reports.weight_summary(magnitudes.cpu().numpy()),
+                            "weights": reports.weight_summary(
+                                reports.weight_magnitudes(self.network.state_dict())),
                             "accuracy": float((s["predictions"] == np.asarray(y)).mean()),
                             "loss": float(s["losses"].mean()), "images": len(y),
                             "predictions": s["predictions"]})

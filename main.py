@@ -33,12 +33,13 @@ import torch._dynamo  # noqa: F401  (torch.optim imports it on first use; here, 
 
 import DataReader
 import Model
-import checkpoints
-import distributed
-import plots
-import reports
-import sweep
-import tensorboard_log
+from trainer.run import checkpoints
+from trainer.storage import atomic
+from trainer.parallel import distributed
+from trainer.reports import plots
+from trainer.reports import reports
+from trainer.app import sweep
+from trainer.reports import tensorboard_log
 from configure import ARCHITECTURE_KEYS, Config, ConfigError, applies, flag
 
 if __name__ == "__main__":
@@ -418,12 +419,11 @@ def run_predict(config: Config, args) -> int:
     if output.lower().endswith(".csv"):  # the hand-in format: a predicted class per image
         labels = probabilities.argmax(axis=1)
         text = "id,label\n" + "".join(f"{i},{int(c)}\n" for i, c in enumerate(labels))
-        checkpoints.atomic_save(text, output, flag="--output",
-                                writer=lambda t, f: f.write(t.encode()))
+        atomic.write_text(output, text, checkpoints.CheckpointError, flag="--output")
         print(f"wrote {output}: the predicted class of {len(labels)} images from {source}")
         return 0
-    checkpoints.atomic_save(probabilities, output, flag="--output",
-                            writer=lambda a, f: np.save(f, a, allow_pickle=False))
+    atomic.write(output, probabilities, lambda a, f: np.save(f, a, allow_pickle=False),
+                 checkpoints.CheckpointError, flag="--output")
     print(f"wrote {output}: {probabilities.shape[0]} x {probabilities.shape[1]} probabilities "
           f"from {source}")
     return 0
@@ -458,9 +458,7 @@ def run_plot(config: Config, args) -> int:
         found = checkpoints.list_checkpoints(config.modeldir)
         if found:  # the weights of the newest checkpoint: what L1 and L2 do to them
             ckpt = checkpoints.read_checkpoint(checkpoints.find_checkpoint(config.modeldir, found[-1]))
-            magnitudes = np.concatenate([v.abs().flatten().double().numpy()
-                                         for k, v in ckpt["model"].items()
-                                         if v.is_floating_point() and "running_" not in k])
+            magnitudes = reports.weight_magnitudes(ckpt["model"])
             print(f"wrote {plots.draw_weights(config.modeldir, magnitudes, f'model-{found[-1]}.ckpt')}")
     except plots.PlotError as e:
         raise _CliError(str(e)) from None

@@ -15,7 +15,8 @@ import torch
 import DataReader
 import main
 import Model
-import checkpoints
+from trainer.run import checkpoints
+from trainer.storage import atomic
 from cifar_files import make_batch, write_cifar
 from cli_tools import (ENV, ROOT, TIMEOUT, TINY, assert_same_training_state, load, main_cmd,
                        run_main, snapshot, start_main, wait_for_file)
@@ -87,12 +88,13 @@ def _failing_writer(obj, f):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_atomic_save_that_fails_mid_write_keeps_the_old_file(tmp_path):
+def test_an_atomic_write_that_fails_mid_write_keeps_the_old_file(tmp_path):
     path = str(tmp_path / "model-1.ckpt")
-    checkpoints.atomic_save({"epoch": 1, "w": torch.arange(5.0)}, path)
+    checkpoints.save({"epoch": 1, "w": torch.arange(5.0)}, path)
     before = file_bytes(path)
     with pytest.raises(Model.CheckpointError) as info:
-        checkpoints.atomic_save({"epoch": 2, "w": torch.zeros(5)}, path, writer=_failing_writer)
+        atomic.write(path, {"epoch": 2, "w": torch.zeros(5)}, _failing_writer,
+                     checkpoints.CheckpointError)
     message = str(info.value)
     assert path in message and "No space left on device" in message and "intact" in message
     assert file_bytes(path) == before
@@ -100,14 +102,14 @@ def test_atomic_save_that_fails_mid_write_keeps_the_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["model-1.ckpt"]  # no temporary file left
 
 
-def test_atomic_save_interrupted_mid_write_leaves_no_temporary(tmp_path):
+def test_an_atomic_write_interrupted_mid_write_leaves_no_temporary(tmp_path):
     def interrupted(obj, f):
         f.write(b"partial")
         raise KeyboardInterrupt
 
     path = str(tmp_path / "model-1.ckpt")
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.atomic_save({"epoch": 1}, path, writer=interrupted)
+        atomic.write(path, {"epoch": 1}, interrupted, checkpoints.CheckpointError)
     assert os.listdir(tmp_path) == []
 
 
@@ -116,9 +118,8 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(tmp_path, monkeypat
     modeldir = tmp_path / "m"
     tiny_model(modeldir, max_epoch=1).train(x, y)
     before = file_bytes(modeldir / "model-1.ckpt")
-    real_save = checkpoints.atomic_save
-    monkeypatch.setattr(checkpoints, "atomic_save",
-                        lambda obj, path, **kw: real_save(obj, path, _failing_writer))
+    monkeypatch.setattr(checkpoints, "save", lambda state, path: atomic.write(
+        path, state, _failing_writer, checkpoints.CheckpointError))
     with pytest.raises(Model.CheckpointError, match="No space left on device"):
         tiny_model(modeldir, max_epoch=2).train(x, y, resume="latest")
     assert sorted(os.listdir(modeldir)) == ["config.json", "metrics.csv", "model-1.ckpt"]
@@ -132,7 +133,7 @@ def test_a_failure_inside_torchs_own_writer_is_a_checkpoint_error(tmp_path):
 
     path = str(tmp_path / "model-1.ckpt")
     with pytest.raises(checkpoints.CheckpointError, match="model-1.ckpt"):
-        checkpoints.atomic_save({"epoch": 1}, path, writer=torch_style_failure)
+        atomic.write(path, {"epoch": 1}, torch_style_failure, checkpoints.CheckpointError)
     assert os.listdir(tmp_path) == []
 
 
@@ -163,7 +164,7 @@ def test_a_write_failure_names_its_real_cause(tmp_path, file_size_limit):
     path = str(tmp_path / "model-1.ckpt")
     file_size_limit(5_000)
     with pytest.raises(checkpoints.CheckpointError) as info:
-        checkpoints.atomic_save(state, path)
+        checkpoints.save(state, path)
     file_size_limit(resource.RLIM_INFINITY)
     assert "File too large" in str(info.value) and "free some space" in str(info.value)
     assert os.listdir(tmp_path) == []
@@ -191,14 +192,14 @@ def test_a_real_write_failure_in_training_is_one_clear_line(cli_run, tmp_path):
 def test_stale_temporaries_are_removed_when_training_starts(tmp_path):
     modeldir = tmp_path / "m"
     modeldir.mkdir()
-    stale = modeldir / f".model-3.ckpt{checkpoints._TMP_MARK}4242.part"
+    stale = modeldir / f".model-3.ckpt{atomic.TMP_MARK}4242.part"
     stale.write_bytes(b"left by a killed process")
     (modeldir / "notes.txt").write_text("mine")
-    records = [modeldir / f".{name}{checkpoints._TMP_MARK}123.part"
+    records = [modeldir / f".{name}{atomic.TMP_MARK}123.part"
                for name in ("metrics.csv", "config.json", "curves.png")]
     for record in records:
         record.write_bytes(b"left by a killed process")
-    prediction = modeldir / f".predictions.npy{checkpoints._TMP_MARK}77.part"
+    prediction = modeldir / f".predictions.npy{atomic.TMP_MARK}77.part"
     prediction.write_bytes(b"a prediction being written: not the run's")
     x, y = data(16)
     tiny_model(modeldir, max_epoch=1).train(x, y)
@@ -257,7 +258,7 @@ def test_the_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
 def test_the_run_lock_of_a_killed_process_does_not_linger(tmp_path):
     modeldir = str(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, checkpoints\n"
+        [sys.executable, "-c", "import sys, time\nfrom trainer.run import checkpoints\n"
          "with checkpoints.RunLock(sys.argv[1]):\n    print('locked', flush=True)\n"
          "    time.sleep(600)\n", modeldir],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -16,7 +16,7 @@ import torch
 
 import DataReader
 import Model
-import checkpoints
+from trainer.run import checkpoints
 from cifar_files import write_cifar
 from cli_tools import TIMEOUT, TINY, load, run_main, start_main
 from configure import Config

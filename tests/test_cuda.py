@@ -10,7 +10,7 @@ from cifar_files import make_batch
 from configure import Config
 from ImageUtils import draw_batch_crop_flip, preprocess_batch
 from Model import MyModel
-from checkpoints import read_checkpoint
+from trainer.run.checkpoints import read_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import DataReader
-import safe_pickle
+from trainer.data import safe_pickle
 from DataReader import (DataError, fingerprint, load_data, load_testing_images, train_valid_split,
                         train_vaild_split)
 from cifar_files import TRAIN, Calls, make_batch, py2_dumps, write_cifar

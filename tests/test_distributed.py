@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import checkpoints
-import distributed
-import plots
+from trainer.run import checkpoints
+from trainer.parallel import distributed
+from trainer.reports import plots
 from cifar_files import write_cifar
 from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
-from batches import batch_slices, global_batch_sizes
+from trainer.training.batches import batch_slices, global_batch_sizes
 
 TIMEOUT = 240
 FLAGS = [*TINY, "--split_index", "32", "--quiet", "--save_interval", "1"]

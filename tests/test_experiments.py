@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ImageUtils
-import reports
+from trainer.reports import reports
 from cifar_files import make_batch
 from configure import Config
 from Model import MyModel

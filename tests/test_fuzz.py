@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import DataReader
-from checkpoints import CheckpointError
+from trainer.run.checkpoints import CheckpointError
 from configure import Config
 from DataReader import DataError
 from Model import MyModel

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-import budget
+from trainer.training import budget
 import main
 from cifar_files import make_batch, write_cifar
 from configure import Config

@@ -16,7 +16,7 @@ import pytest
 
 import DataReader
 import Model
-import checkpoints
+from trainer.run import checkpoints
 import main
 from cifar_files import write_cifar, write_cifar10_meta
 from cli_tools import TINY

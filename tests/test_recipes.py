@@ -10,14 +10,14 @@ import torch.nn.functional as F
 
 import ImageUtils
 import Model
-import budget
-import checkpoints
+from trainer.training import budget
+from trainer.run import checkpoints
 import main
-import schedules
+from trainer.training import schedules
 from cli_tools import TINY, assert_same_training_state, load, run_main
 from cifar_files import write_cifar
 from configure import RECIPE_FAST, Config, ConfigError
-from ema import WeightAverage
+from trainer.training.ema import WeightAverage
 from Model import MyModel, parameter_groups
 from NetWork import build_network
 from test_training import data, pause_at_last_step_then_sigint, state_of, tiny_config, tiny_model

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoints
+from trainer.run import checkpoints
 import main
-import reports
+from trainer.reports import reports
 from cifar_files import make_batch, write_cifar
 from cli_tools import TINY, load, start_main, run_main
 from configure import Config
@@ -347,7 +347,7 @@ def test_bars_show_loss_accuracy_and_rate_unless_quiet(tmp_path, monkeypatch, qu
 
 def test_training_draws_curves_when_matplotlib_is_there_and_skips_them_otherwise(
         trained, tmp_path, monkeypatch, capsys):
-    import plots
+    from trainer.reports import plots
     data_dir, _, flags = trained
     drawn = []
     monkeypatch.setattr(plots, "draw_curves", lambda modeldir: drawn.append(modeldir) or
@@ -389,7 +389,7 @@ def test_predict_to_csv_writes_the_argmax_of_the_probabilities(trained, tmp_path
 
 
 def test_mode_plot_draws_the_weights_of_the_newest_checkpoint(trained, tmp_path, monkeypatch):
-    import plots
+    from trainer.reports import plots
     data_dir, modeldir, flags = trained
     seen = {}
 
@@ -409,7 +409,7 @@ def test_mode_plot_draws_the_weights_of_the_newest_checkpoint(trained, tmp_path,
 
 def test_weights_png_is_a_picture(tmp_path):
     pytest.importorskip("matplotlib")
-    import plots
+    from trainer.reports import plots
     path = plots.draw_weights(str(tmp_path), np.abs(np.random.default_rng(0).normal(size=500)),
                               "model-3.ckpt")
     with open(path, "rb") as f:

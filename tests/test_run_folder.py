@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-import budget
-import checkpoints
+from trainer.training import budget
+from trainer.run import checkpoints
 from cifar_files import make_batch, write_cifar
 from cli_tools import TINY, load, run_main, snapshot
 from configure import Config

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-import sweep
+from trainer.app import sweep
 from cifar_files import write_cifar, write_cifar100
 from cli_tools import TINY, snapshot
 from configure import ConfigError

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-import tensorboard_log
+from trainer.reports import tensorboard_log
 
 
 def epoch_metrics(epoch, valid=True):

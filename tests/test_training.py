@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import Model
-import checkpoints
-import stop_requests
+from trainer.run import checkpoints
+from trainer.training import stop_requests
 from cifar_files import make_batch
 from configure import Config, ConfigError
-from batches import batch_slices, epoch_plan
-import schedules
+from trainer.training.batches import batch_slices, epoch_plan
+from trainer.training import schedules
 from Model import MyModel, select_device
 
 

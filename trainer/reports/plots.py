@@ -7,11 +7,12 @@ matplotlib is an optional extra, imported only when drawing: without it ``Matplo
 says how to install it. Drawing goes through matplotlib's object-oriented API (``Figure`` + the
 Agg canvas), so pyplot's global state and the interactive backend are never touched.
 """
-import contextlib
 import csv
 import json
 import math
 import os
+
+from trainer.storage import atomic
 
 METRICS = "metrics.csv"
 CURVES = "curves.png"
@@ -264,20 +265,5 @@ def draw_weights(modeldir: str, magnitudes, checkpoint_name: str) -> str:
 
 
 def _save_png(figure, path: str) -> str:
-    # The name checkpoints.py gives its temporaries, so a killed run's leftover can be recognised.
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}.tmp-{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as f:
-            figure.savefig(f, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise PlotError(f"cannot write {path} ({e.strerror}); free some space, or make sure "
-                            f"{path} is not a folder and the folder is writable.") from None
-        raise
+    atomic.write(path, figure, lambda fig, f: fig.savefig(f, format="png"), PlotError)
     return path

@@ -14,7 +14,8 @@ import platform
 
 import torch
 
-import checkpoints
+from trainer.run import checkpoints
+from trainer.storage import atomic
 
 METRICS = "metrics.csv"
 CONFIG = "config.json"
@@ -49,7 +50,7 @@ class MetricsFile:
     def start(self, history: list) -> None:
         """Rewrite the file (atomically) to hold exactly the epochs of history, one row each."""
         text = _header() + "".join(_row(m) for m in history)
-        checkpoints.atomic_save(text, self.path, writer=lambda t, f: f.write(t.encode()))
+        atomic.write_text(self.path, text, checkpoints.CheckpointError)
 
     def append(self, metrics: dict) -> None:
         """Add one finished epoch's row and push it to disk."""
@@ -80,5 +81,5 @@ def write_config(modeldir: str, config_dict: dict, device, data: dict) -> str:
         "data": data,
     }
     text = json.dumps(record, indent=2) + "\n"
-    checkpoints.atomic_save(text, path, writer=lambda t, f: f.write(t.encode()))
+    atomic.write_text(path, text, checkpoints.CheckpointError)
     return path

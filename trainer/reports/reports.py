@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-import checkpoints
+from trainer.run import checkpoints
+from trainer.storage import atomic
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -26,6 +27,14 @@ def per_class(confusion: np.ndarray):
 
 
 DECADES = (1e-4, 1e-3, 1e-2, 1e-1)  # edges of the weight histogram, |w|
+
+
+def weight_magnitudes(state_dict: dict) -> np.ndarray:
+    """|w| of every learned value of a network's state dict, as one float64 vector; batch-norm
+    running statistics and counters are left out."""
+    return np.concatenate([v.detach().abs().flatten().double().cpu().numpy()
+                           for k, v in state_dict.items()
+                           if v.is_floating_point() and "running_" not in k])
 
 
 def weight_summary(magnitudes: np.ndarray) -> dict:
@@ -136,4 +145,4 @@ def _json_safe(value):
 def write_json(report: dict, path: str) -> None:
     """Write the report to path atomically (CheckpointError naming --json if it cannot be)."""
     text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
-    checkpoints.atomic_save(text, path, writer=lambda t, f: f.write(t.encode()), flag="--json")
+    atomic.write_text(path, text, checkpoints.CheckpointError, flag="--json")

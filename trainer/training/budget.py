@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-import distributed
-from batches import batch_slices, epoch_plan
+from trainer.parallel import distributed
+from trainer.training.batches import batch_slices, epoch_plan
 from configure import ConfigError
 
 

@@ -20,7 +20,7 @@ key            what it holds
 ``ema``        state dict of the weight average (``--ema``), else None; test and predict use it
 =============  ==========================================================================
 
-Files are written to a temporary name, fsynced and renamed, so a crash never leaves a half-written
+Files are written atomically (trainer.storage.atomic), so a crash never leaves a half-written
 checkpoint under a valid name. Everything read back is checked here, in one place, before use, so
 a damaged or hand-edited file ends in ``CheckpointError`` naming what is wrong, never a traceback.
 """
@@ -35,6 +35,8 @@ import re
 import numpy as np
 import torch
 
+from trainer.storage import atomic
+
 CHECKPOINT_FORMAT = 1
 INTERRUPTED = "interrupted.ckpt"
 BEST = "model-best.ckpt"  # the epoch of the best validation accuracy so far
@@ -42,7 +44,6 @@ LOCK = ".lock"
 RECORDS = ("metrics.csv", "config.json", "curves.png", "weights.png")  # records.py and plots.py write them
 PREDICTIONS = "predictions.npy"  # --mode predict's default output: the folder's model's, not a new one's
 _CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
-_TMP_MARK = ".tmp-"
 _RNG_KEYS = ("python", "numpy", "torch")
 # Config keys added after checkpoints were first written, with the value those checkpoints meant.
 LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet", "batch_norm": False,
@@ -89,12 +90,12 @@ def run_records(modeldir: str):
 
 
 def _is_run_temporary(name: str) -> bool:
-    """A temporary of atomic_save for a file only a training run writes (see clean_stale_temporaries)."""
-    if not (name.startswith(".") and name.endswith(".part") and _TMP_MARK in name):
-        return False
-    target = name[1:].split(_TMP_MARK, 1)[0]
+    """A temporary of an atomic write of a file only a training run writes (see
+    clean_stale_temporaries)."""
+    target = atomic.temporary_target(name)
     # Only the run's own files: a prediction being written beside them is not ours to touch.
-    return bool(_CKPT_RE.match(target)) or target in (INTERRUPTED, BEST) + RECORDS
+    return target is not None and (bool(_CKPT_RE.match(target))
+                                   or target in (INTERRUPTED, BEST) + RECORDS)
 
 
 def clean_stale_temporaries(modeldir: str) -> None:
@@ -184,51 +185,9 @@ def _torch_writer(obj, f) -> None:
     f.write(buffer.getbuffer())
 
 
-def _write_failure(path: str, e: BaseException, flag: str) -> str:
-    where = os.path.dirname(os.path.abspath(path))
-    code = getattr(e, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"could not write {path} ({e.strerror}); free some space or choose another {flag}. "
-                f"Earlier files are intact.")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write in {where} ({e.strerror}); choose another {flag}."
-    if code == errno.EISDIR or os.path.isdir(path):
-        return f"{path} is a folder; move it away or choose another {flag}."
-    if code in (errno.ENOENT, errno.ENOTDIR):
-        return f"cannot write {path}: folder {where} does not exist; create it or choose another {flag}."
-    text = str(e).strip()
-    reason = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
-    return f"could not write {path} ({reason}); check the disk or choose another {flag}."
-
-
-def atomic_save(obj, path: str, writer=_torch_writer, flag: str = "--modeldir") -> None:
-    """Write obj to path so that path is either the old file or the whole new one, never a part.
-
-    Failures become CheckpointError naming path and what to do about ``flag``.
-    """
-    if os.path.isdir(path):
-        raise CheckpointError(_write_failure(path, IsADirectoryError(errno.EISDIR, "is a folder"),
-                                             flag))
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}{_TMP_MARK}{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as f:
-            writer(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):
-            raise CheckpointError(_write_failure(path, e, flag)) from None
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def save(state: dict, path: str) -> None:
+    """Write a checkpoint atomically (trainer.storage.atomic); CheckpointError if it fails."""
+    atomic.write(path, state, _torch_writer, CheckpointError)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import io
 import itertools
 import os
 
-import checkpoints
+from trainer.run import checkpoints
+from trainer.storage import atomic
 from configure import Config, ConfigError
 
 SWEEP_CSV = "sweep.csv"
@@ -235,8 +236,8 @@ def _write(modeldir: str, keys: list, rows: list) -> None:
     for row in rows:
         writer.writerow([_cell(row[k]) for k in keys + list(RESULT_COLUMNS)])
     os.makedirs(modeldir, exist_ok=True)
-    checkpoints.atomic_save(buffer.getvalue(), os.path.join(modeldir, SWEEP_CSV),
-                            writer=lambda t, f: f.write(t.encode()))
+    atomic.write_text(os.path.join(modeldir, SWEEP_CSV), buffer.getvalue(),
+                      checkpoints.CheckpointError)
 
 
 def format_table(keys: list, rows: list) -> str:

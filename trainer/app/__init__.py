@@ -1,0 +1,1 @@
+"""The services behind main.py's modes."""

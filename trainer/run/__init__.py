@@ -1,0 +1,1 @@
+"""Checkpoints and the model folder a run owns."""

@@ -1,0 +1,1 @@
+"""Writing files so that a crash never leaves half of one."""

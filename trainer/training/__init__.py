@@ -1,0 +1,1 @@
+"""Training: the steps, their order and schedule, and how long a run lasts."""
