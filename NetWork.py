@@ -1,6 +1,7 @@
 """ResNets for 32x32 images, as in He et al. 2016 (v1) and He et al. 2016b (v2, pre-activation).
 
-Only modules live here. Depth is data: a network has three stacks of ``resnet_size`` blocks,
+Only modules live here, every network the trainer builds, so that the course file reads on its
+own (hence its length, above the package's usual ~350 lines). Depth is data: a network has three stacks of ``resnet_size`` blocks,
 with 16/32/64 filters (times 4 at the output of a bottleneck) and strides 1/2/2.
 
 =========  =======  ======  ==========  ====================
@@ -238,12 +239,20 @@ class output_layer(nn.Module):
         return self.fc(x)
 
 
+class Network(nn.Module):
+    """What every network here shares: (N, 3, 32, 32) float -> (N, num_classes) logits, and a
+    count of its parameters."""
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
 def depth_of(resnet_version: int, resnet_size: int) -> int:
     """The paper's depth: 6n+2 for standard blocks, 9n+2 for bottlenecks."""
     return (6 if resnet_version == 1 else 9) * resnet_size + 2
 
 
-class ResNet(nn.Module):
+class ResNet(Network):
     """CIFAR ResNet: (N, 3, 32, 32) float -> (N, num_classes) logits."""
 
     def __init__(self, resnet_version: int = 1, resnet_size: int = 3, num_classes: int = 10,
@@ -291,11 +300,8 @@ class ResNet(nn.Module):
         x = self.stack_layers(x)  # (N, 64 * expansion, 8, 8)
         return self.output_layer(x)  # (N, num_classes)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
-
-class resnet18(nn.Module):
+class resnet18(Network):
     """ResNet-18 adapted to 32x32 images: (N, 3, 32, 32) float -> (N, num_classes) logits.
 
     A 3x3 stride-1 stem with BN and activation and no max-pool (the ImageNet stem would shrink 32x32
@@ -324,18 +330,12 @@ class resnet18(nn.Module):
         x = self.stages(x)  # (N, 512, 4, 4)
         return self.head(x)  # (N, num_classes)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
-
-class _Baseline(nn.Module):
+class _Baseline(Network):
     """The course baselines' shape: ``features`` (convolutions), flattened, then ``classifier``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))  # (N, num_classes)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
 
 class simple_nn(_Baseline):

@@ -33,9 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 import DataReader  # noqa: E402
-from Model import MyModel, select_device  # noqa: E402
+from Model import MyModel  # noqa: E402
 from NetWork import ResNet, depth_of  # noqa: E402
 from configure import Config  # noqa: E402
+from trainer.training.runtime import select_device  # noqa: E402
 from usual_pipeline import PerImageDataset, train_steps, validate_per_image  # noqa: E402
 
 
@@ -78,8 +79,9 @@ def bare_step(cfg, steps, repeats):
     """
     model = MyModel(cfg, log=lambda *a: None)
     # Random images through the same preprocessing as (b), done before the clock starts.
-    pool = [(model._images(torch.randint(0, 256, (cfg.batch_size, 3, 32, 32), dtype=torch.uint8,
-                                         device=model.device), training=False),
+    pool = [(model.runtime.prepare_images(torch.randint(0, 256, (cfg.batch_size, 3, 32, 32),
+                                                        dtype=torch.uint8, device=model.device),
+                                          training=False),
              torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=model.device))
             for _ in range(16)]
     model.network.train()
@@ -88,7 +90,7 @@ def bare_step(cfg, steps, repeats):
     def step():
         x, y = pool[count[0] % len(pool)]
         count[0] += 1
-        with model._autocast():
+        with model.runtime.autocast():
             loss = F.cross_entropy(model.forward_net(x), y)
         model.optimizer.zero_grad(set_to_none=True)
         model.scaler.scale(loss).backward()

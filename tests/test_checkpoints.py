@@ -22,6 +22,7 @@ from cli_tools import (ENV, ROOT, TIMEOUT, TINY, assert_same_training_state, loa
                        run_main, snapshot, start_main, wait_for_file)
 from configure import RUN_DEFINING_KEYS, Config
 from Model import MyModel
+from trainer.training import loop
 
 TRAINING_KEYS = {"epoch", "model", "optimizer", "config", "rng", "metrics"}
 
@@ -508,7 +509,7 @@ def test_resume_under_another_amp_setting(tmp_path, saved, now):
     lines = []
     resumed = MyModel(tiny_config(tmp_path / "m", max_epoch=2, amp=now), log=lines.append)
     if now == "fp16" and saved == "fp16":  # the loss scale carries over
-        resumed._resume("latest", DataReader.fingerprint(x, y))  # look at the scaler itself
+        loop.resume(resumed, "latest", DataReader.fingerprint(x, y))  # look at the scaler itself
         assert resumed.scaler.get_scale() == saved_scale
         return
     history = resumed.train(x, y, resume="latest")
@@ -525,8 +526,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     modeldir = tmp_path / "m"
     tiny_model(modeldir, max_epoch=2).train(x, y)
     before = checkpoint_files(modeldir)
-    real = Model.F.cross_entropy
-    monkeypatch.setattr(Model.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = loop.F.cross_entropy
+    monkeypatch.setattr(loop.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(Model.TrainingError) as info:
         tiny_model(modeldir, max_epoch=4).train(x, y, resume="latest")
     assert "NaN or infinite" in str(info.value) and "epoch 3" in str(info.value)

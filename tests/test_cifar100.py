@@ -13,6 +13,7 @@ import pytest
 import DataReader
 import configure
 import main as cli
+import trainer.data.download
 from DataReader import DataError, class_names, load_data
 from cifar_files import (CIFAR10_NAMES, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, COARSE_OF_FINE,
                          Calls, cifar100_arrays, py2_dumps, write_cifar, write_cifar10_meta,
@@ -381,7 +382,7 @@ def test_cli_downloads_cifar100_then_trains(tmp_path, server, monkeypatch, capsy
         calls.append((data_dir, dataset, url, args))
         return real_download(data_dir, dataset, url, md5, progress=False)
 
-    monkeypatch.setattr(DataReader, "download_dataset", download_with_test_md5)
+    monkeypatch.setattr(trainer.data.download, "download_dataset", download_with_test_md5)
     data_dir, modeldir = tmp_path / "data", tmp_path / "model"
     args = _train_args(data_dir, modeldir, "--dataset", "cifar100", "--download_url", url)
     args.remove("--no_download")
@@ -400,7 +401,7 @@ def test_cli_fetches_the_official_cifar100_archive_by_default(tmp_path, monkeypa
         calls.append((dataset, url, md5))
         raise DataError("no network in this test.")
 
-    monkeypatch.setattr(DataReader, "download_dataset", no_network)
+    monkeypatch.setattr(trainer.data.download, "download_dataset", no_network)
     args = _train_args(tmp_path / "data", tmp_path / "model", "--dataset", "cifar100")
     args.remove("--no_download")
     assert cli.main(args) == 1

@@ -10,6 +10,7 @@ from cifar_files import make_batch
 from configure import Config
 from ImageUtils import draw_batch_crop_flip, preprocess_batch
 from Model import MyModel
+from trainer.evaluation.evaluate import logits as logits_of
 from trainer.run.checkpoints import read_checkpoint
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -61,4 +62,4 @@ def test_cuda_training_learns_and_checkpoints_load_on_cpu(tmp_path, amp):
     # Full-precision logits of the same weights agree across devices.
     gpu_logits = tiny(tmp_path, "g", device="cuda", amp="off")
     gpu_logits.network.load_state_dict(ckpt["model"])
-    torch.testing.assert_close(gpu_logits._logits(x).cpu(), on_cpu._logits(x), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(logits_of(gpu_logits, x).cpu(), logits_of(on_cpu, x), rtol=1e-3, atol=1e-3)

@@ -20,8 +20,11 @@ import pytest
 import DataReader
 import configure
 import main as cli
+import trainer.data.download
+from trainer.app import dataset
 from DataReader import DataError
 from cifar_files import write_cifar
+from trainer.data.archive import safe_extract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,7 +231,7 @@ def test_safe_extract_accepts_a_plain_archive_with_folders(tmp_path):
         _add_file(tar, "./top.txt", b"top")
     target = tmp_path / "target"
     target.mkdir()
-    DataReader._safe_extract(str(archive), str(target))
+    safe_extract(str(archive), str(target))
     assert (target / "cifar-10-batches-py" / "sub" / "file.bin").read_bytes() == b"\x00\x01\x02"
     assert (target / "top.txt").read_bytes() == b"top"
 
@@ -285,7 +288,7 @@ def test_disk_full_while_unpacking_leaves_data_dir_as_it_was(tmp_path, archive, 
     before = tree(data_dir)
     calls = _copy_that_fails(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     with pytest.raises(DataError) as info:
-        DataReader._safe_extract(str(archive[0]), str(data_dir))
+        safe_extract(str(archive[0]), str(data_dir))
     assert len(calls) == 2  # one member complete, the second half written when the disk filled
     msg = str(info.value)
     assert "space" in msg and str(data_dir) in msg and str(archive[0]) in msg
@@ -298,7 +301,7 @@ def test_ctrl_c_while_unpacking_leaves_data_dir_as_it_was(tmp_path, archive, mon
     before = tree(data_dir)
     _copy_that_fails(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        DataReader._safe_extract(str(archive[0]), str(data_dir))
+        safe_extract(str(archive[0]), str(data_dir))
     assert tree(data_dir) == before
 
 
@@ -319,7 +322,7 @@ def test_a_file_in_the_way_is_named_and_left_untouched(tmp_path, archive):
 def test_an_empty_batch_folder_is_filled(tmp_path, archive):
     data_dir = tmp_path / "data"
     (data_dir / "cifar-10-batches-py").mkdir(parents=True)
-    DataReader._safe_extract(str(archive[0]), str(data_dir))
+    safe_extract(str(archive[0]), str(data_dir))
     assert DataReader.load_data(str(data_dir))[0].shape == (100, 3072)
     assert sorted(os.listdir(data_dir)) == ["cifar-10-batches-py"]
 
@@ -342,7 +345,7 @@ def test_a_failed_move_puts_everything_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(DataError, match="could not unpack"):
-        DataReader._safe_extract(str(path), str(data_dir))
+        safe_extract(str(path), str(data_dir))
     assert tree(data_dir) == before
 
 
@@ -353,7 +356,7 @@ def _no_network(monkeypatch):
         raise AssertionError("the network was used")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(DataReader, "download_dataset", refuse)
+    monkeypatch.setattr(trainer.data.download, "download_dataset", refuse)
 
 
 @pytest.mark.parametrize("download", [False, True])
@@ -428,7 +431,7 @@ def test_cli_downloads_then_trains(tmp_path, server, monkeypatch, capsys):
         calls.append((data_dir, dataset, url, args, kwargs))
         return real_download(data_dir, dataset, url, md5, progress=False)
 
-    monkeypatch.setattr(DataReader, "download_dataset", download_with_test_md5)
+    monkeypatch.setattr(trainer.data.download, "download_dataset", download_with_test_md5)
     data_dir, modeldir = tmp_path / "data", tmp_path / "model"
     rc = cli.main(_train_args(data_dir, modeldir, url))
     captured = capsys.readouterr()
@@ -442,7 +445,7 @@ def test_cli_downloads_then_trains(tmp_path, server, monkeypatch, capsys):
 
     # With the data in place, nothing is downloaded again.
     calls.clear()
-    cli._ensure_data(configure.Config(data_dir=str(data_dir), download_url=url))
+    dataset.ensure_data(configure.Config(data_dir=str(data_dir), download_url=url))
     assert calls == []
 
 

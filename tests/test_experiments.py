@@ -9,6 +9,7 @@ from trainer.reports import reports
 from cifar_files import make_batch
 from configure import Config
 from Model import MyModel
+from trainer.evaluation.evaluate import logits as logits_of
 
 
 def tiny_config(modeldir, **overrides) -> Config:
@@ -68,7 +69,7 @@ def test_dataset_normalization_is_stored_and_used_at_test_time(tmp_path):
     fresh.network.eval()
     with torch.no_grad():
         expected = fresh.network(by_hand)
-    torch.testing.assert_close(fresh._logits(x[:5]), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits_of(fresh, x[:5]), expected, atol=1e-5, rtol=1e-5)
     # ... and not from the data it is given.
     other = make_batch(5, np.random.default_rng(9))[0]
     assert not np.allclose(ImageUtils.channel_stats(other)[0], mean)

@@ -325,8 +325,10 @@ class RecordingBar:
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_bars_show_loss_accuracy_and_rate_unless_quiet(tmp_path, monkeypatch, quiet):
-    import Model
-    monkeypatch.setattr(Model, "tqdm", RecordingBar)
+    from trainer.evaluation import evaluate
+    from trainer.training import loop
+    monkeypatch.setattr(loop, "tqdm", RecordingBar)  # the epoch's bar
+    monkeypatch.setattr(evaluate, "tqdm", RecordingBar)  # the validation's
     RecordingBar.made, RecordingBar.postfixes = [], []
     x, y = make_batch(24, np.random.default_rng(0))
     config = tiny_config(tmp_path / "m", max_epoch=1, quiet=quiet)

@@ -19,6 +19,9 @@ from configure import Config, ConfigError
 from trainer.training.batches import batch_slices, epoch_plan
 from trainer.training import schedules
 from Model import MyModel, select_device
+from trainer.evaluation.evaluate import logits as logits_of
+from trainer.run import state
+from trainer.training.runtime import Runtime
 
 
 def tiny_config(tmp_path, **overrides) -> Config:
@@ -198,14 +201,14 @@ def drawing_every_step(monkeypatch) -> list:
     """Make every training step also draw from the Python, numpy and torch global generators (as
     user code or a later feature might); return the list the draws are appended to."""
     draws = []
-    real_images = MyModel._images
+    real_images = Runtime.prepare_images
 
     def images_and_draws(self, x, training, offsets=None, flips=None):
         if training:
             draws.append(one_draw_of_each_generator())
         return real_images(self, x, training, offsets, flips)
 
-    monkeypatch.setattr(MyModel, "_images", images_and_draws)
+    monkeypatch.setattr(Runtime, "prepare_images", images_and_draws)
     return draws
 
 
@@ -316,11 +319,11 @@ def test_channels_last_on_and_off_agree(tmp_path):
     conv = on.network.start_layer[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert off.network.start_layer[0].weight.is_contiguous()
-    torch.testing.assert_close(on._logits(x), off._logits(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits_of(on, x), logits_of(off, x), atol=1e-5, rtol=1e-5)
     on.train(x, y)
     off.train(x, y)
     assert max_difference(state_of(on), state_of(off)) < 1e-4
-    torch.testing.assert_close(on._logits(x), off._logits(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits_of(on, x), logits_of(off, x), atol=1e-4, rtol=1e-4)
 
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32(tmp_path):
@@ -331,7 +334,7 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(tmp_path):
     bf16.train(x, y)
     assert np.isfinite(bf16.history[-1]["train_loss"])
     fp32.network.load_state_dict(bf16.network.state_dict())
-    low, full = bf16._logits(x), fp32._logits(x)
+    low, full = logits_of(bf16, x), logits_of(fp32, x)
     assert low.dtype == torch.float32
     assert not torch.equal(low, full)  # bf16 really ran
     torch.testing.assert_close(low, full, atol=0.1, rtol=0.05)
@@ -345,7 +348,7 @@ def test_compile_gives_the_same_logits(tmp_path):
     compiled = tiny_model(tmp_path / "c", compile=True, eval_batch_size=16)
     eager = tiny_model(tmp_path / "e", eval_batch_size=16)
     assert compiled.forward_net is not compiled.network
-    torch.testing.assert_close(compiled._logits(x), eager._logits(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits_of(compiled, x), logits_of(eager, x), atol=1e-4, rtol=1e-4)
 
 
 def test_a_compiled_model_saves_the_plain_networks_names(tmp_path):
@@ -358,7 +361,7 @@ def test_a_compiled_model_saves_the_plain_networks_names(tmp_path):
     assert wrapped_names == {"_orig_mod." + k for k in plain_names}  # what saving it would give
 
     path = str(tmp_path / "compiled.ckpt")
-    compiled._save(path)
+    state.save(compiled, path)
     saved = torch.load(path, map_location="cpu", weights_only=True)["model"]
     assert set(saved) == plain_names
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in saved)
@@ -393,7 +396,7 @@ def test_predict_prob_gives_probability_rows(tmp_path):
         assert isinstance(p, np.ndarray) and p.dtype == np.float32 and p.shape == (20, 10)
         assert (p >= 0).all()
         np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
-        assert np.array_equal(p.argmax(1), model._logits(x).argmax(1).numpy())
+        assert np.array_equal(p.argmax(1), logits_of(model, x).argmax(1).numpy())
 
 
 def hand_standardized(rows: np.ndarray) -> torch.Tensor:
@@ -412,7 +415,7 @@ def test_logits_and_probabilities_match_a_forward_pass_written_out_by_hand(tmp_p
     norms = [m for m in model.network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert any(m.running_mean.abs().max() > 1e-3 for m in norms)
 
-    logits = model._logits(x)
+    logits = logits_of(model, x)
     probabilities = model.predict_prob(x)
     with torch.no_grad():
         expected = model.network.eval()(hand_standardized(x))

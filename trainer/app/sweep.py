@@ -16,9 +16,11 @@ import io
 import itertools
 import os
 
+import DataReader
+import Model
+from configure import Config, ConfigError
 from trainer.run import checkpoints
 from trainer.storage import atomic
-from configure import Config, ConfigError
 
 SWEEP_CSV = "sweep.csv"
 RESULT_COLUMNS = ("status", "best_valid_acc", "best_epoch", "final_train_loss", "seconds")
@@ -155,8 +157,8 @@ def _finished_history(run_config: Config, name: str, log):
     any value trains, so that sweep.csv never mixes runs."""
     if not checkpoints.run_files(run_config.modeldir):
         return None
-    from Model import MyModel
-    model = MyModel(copy.copy(run_config), log=log)  # a copy: it adopts a budget run's own plan
+    # A copy: it adopts a budget run's own plan.
+    model = Model.MyModel(copy.copy(run_config), log=log)
     try:
         model.check_resumable("latest")
     except checkpoints.CheckpointError as e:
@@ -189,10 +191,6 @@ def run(cli: dict, explicit, sweeps, resume: bool, overwrite: bool, train, log=p
     refused without the data is refused before the first run trains; a run refused later (its
     batch larger than the data, say) or failing is recorded as failed, and the sweep goes on.
     """
-    # Training's own failures and refusals are a run's, not the sweep's.
-    from DataReader import DataError
-    from Model import TrainingError
-
     runs = plan(cli, explicit, sweeps)
     _check_table(cli["modeldir"], resume, overwrite)
     finished = [_finished_history(run_config, folder_name(combo), log) if resume else None
@@ -217,7 +215,8 @@ def run(cli: dict, explicit, sweeps, resume: bool, overwrite: bool, train, log=p
             else:
                 history = train(run_config, None, overwrite or resume)
             rows.append(dict(combo, status="done", **_summary(history)))
-        except (TrainingError, ConfigError, DataError) as e:
+        except (Model.TrainingError, ConfigError, DataReader.DataError) as e:
+            # training's own failures and refusals are a run's, not the sweep's
             log(f"sweep: {name} failed: {e}")
             rows.append(dict(combo, status=f"failed: {e}", best_valid_acc=None, best_epoch=None,
                              final_train_loss=None, seconds=None))

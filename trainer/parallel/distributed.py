@@ -157,7 +157,7 @@ def is_lost_contact(e: BaseException) -> bool:
     return isinstance(e, kinds) or any(w in text for w in ("gloo", "nccl", "connection", "timed out"))
 
 
-def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+def _all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks, in place; returned for convenience. Identity alone."""
     if active():
         try:
@@ -165,6 +165,18 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
         except RuntimeError as e:  # torch's DistBackendError is one
             raise lost_contact(e) from None
     return tensor
+
+
+def sum_over_ranks(values, device="cpu") -> list:
+    """A few numbers (Python numbers or one-element tensors: counts, loss sums) each added up over
+    all ranks in one collective, in float64 -> a list of floats, in order; alone, the numbers
+    themselves as floats. ``device`` is where the backend sums (the GPU under NCCL, else "cpu").
+
+    The one place a distributed epoch or evaluation adds up its totals, in the spirit of
+    torchvision's ``reduce_across_processes``."""
+    totals = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()).to(device)
+                          for v in values])
+    return _all_sum(totals).tolist()
 
 
 def _agree(value: float, op: str, device) -> float:

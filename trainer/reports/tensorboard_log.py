@@ -2,6 +2,7 @@
 
 The ``tensorboard`` package is an optional extra: without it ``open_writer`` raises
 ``TensorBoardMissing``, one line saying how to install it, so a run can stop before training.
+``EpochLogger`` is the epoch callback a training run appends to log each finished epoch.
 """
 import importlib.util
 import os
@@ -77,3 +78,18 @@ def log_epoch(writer, metrics: dict) -> None:
         if value is not None:
             writer.add_scalar(tag, float(value), step)
     writer.flush()
+
+
+class EpochLogger:
+    """An epoch callback: logs each finished epoch's metrics into logdir. The writer opens at the
+    first epoch this process trains, so a resumed run replaces what the log holds from that epoch
+    on (as metrics.csv does); ``closer`` (a contextlib.ExitStack) closes it when training ends."""
+
+    def __init__(self, logdir: str, closer):
+        self.logdir, self.closer, self.writer = logdir, closer, None
+
+    def __call__(self, metrics: dict) -> None:
+        if self.writer is None:
+            self.writer = open_writer(self.logdir, purge_step=metrics["epoch"])
+            self.closer.callback(self.writer.close)
+        log_epoch(self.writer, metrics)

@@ -14,7 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from trainer.evaluation import evaluate
 from trainer.parallel import distributed
+from trainer.run import state
 from trainer.training.batches import batch_slices, epoch_plan
 from configure import ConfigError
 
@@ -71,7 +73,7 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
     """Time ``model``'s steps on its training images (on the device); return the configuration
     values (``planned_changes``) that fit the run into config.budget_minutes, counted from
     model.started. The plan is printed. Under torchrun every rank takes the slowest rank's plan."""
-    cfg, ctx = model.config, model.dist
+    cfg, ctx, rt = model.config, model.dist, model.runtime
     slices = batch_slices(len(labels), cfg.batch_size, ctx.rank, ctx.world_size)
     order, offsets, flips = (t.to(model.device) for t in epoch_plan(len(labels), 1, cfg.seed))
     network = copy.deepcopy(model.network).train()
@@ -83,8 +85,8 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
             start = time.perf_counter()
         positions = slices[i % len(slices)].to(model.device)
         index = order[positions]
-        x = model._images(images[index], True, offsets[positions], flips[positions])
-        with model._autocast():
+        x = rt.prepare_images(images[index], True, offsets[positions], flips[positions])
+        with rt.autocast():
             loss = F.cross_entropy(network(x), labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -96,17 +98,17 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
     if x_valid is not None and len(x_valid):
         sample = x_valid[:min(len(x_valid), cfg.eval_batch_size)]
         begin = time.perf_counter()
-        model._logits(sample, "timing validation")
+        evaluate.logits(model, sample, "timing validation")
         _synchronize(model.device)
         eval_seconds = (time.perf_counter() - begin) * len(x_valid) / len(sample)
     begin = time.perf_counter()
-    torch.save(model._state(0, {}, ""), io.BytesIO())
+    torch.save(state.snapshot(model, 0, {}, ""), io.BytesIO())
     save_seconds = 2 * (time.perf_counter() - begin)  # at most a best and a numbered one
     spent = time.monotonic() - model.started
     epoch_seconds = step_seconds * len(slices) + eval_seconds + save_seconds
     epochs = plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices), eval_seconds,
                          save_seconds)
-    epochs = distributed.agree_min(epochs, model._collective_device())  # the slowest rank's
+    epochs = distributed.agree_min(epochs, rt.collective_device())  # the slowest rank's
     changes = planned_changes(cfg, epochs, epoch_seconds)
     decay = f", decay after epochs {' '.join(map(str, changes['lr_decay_epochs']))}" \
         if "lr_decay_epochs" in changes else ""

@@ -1,0 +1,106 @@
+"""--mode train (and each run of a sweep): one training run as the command line makes it: the
+model folder's checks and lock, the data, training, TensorBoard logging and curves.png."""
+import contextlib
+import copy
+import os
+import sys
+import time
+
+import DataReader
+import Model
+from configure import Config, ConfigError
+from trainer.app import dataset
+from trainer.app.console import USER_ERRORS, announce
+from trainer.parallel import distributed
+from trainer.reports import plots
+from trainer.reports import tensorboard_log
+from trainer.run import checkpoints
+
+
+def check_modeldir(config: Config, resume, overwrite: bool) -> None:
+    """What can be refused about --modeldir before any data is read."""
+    modeldir = config.modeldir
+    if os.path.exists(modeldir) and not os.path.isdir(modeldir):
+        raise checkpoints.CheckpointError(f"--modeldir {modeldir} is a file, not a folder; choose "
+                                          f"another --modeldir.")
+    if isinstance(resume, int) and not os.path.isdir(modeldir):
+        raise checkpoints.CheckpointError(f"--modeldir {modeldir} does not exist, so there is no "
+                                          f"checkpoint {resume} to resume from; check --modeldir.")
+    if resume is None and not overwrite:  # --overwrite deletes only once training starts
+        checkpoints.check_fresh_start(modeldir, overwrite=False)
+
+
+def make_modeldir(modeldir: str) -> None:
+    """Create --modeldir (and its parents); CheckpointError, one sentence, if that fails."""
+    try:
+        os.makedirs(modeldir, exist_ok=True)
+    except OSError as e:
+        raise checkpoints.CheckpointError(f"cannot create --modeldir {modeldir} ({e.strerror}); "
+                                          f"choose a folder you can write to.") from None
+
+
+def network_name(config: Config) -> str:
+    return Model.describe(config.to_dict())
+
+
+def train_run(config: Config, resume=None, overwrite: bool = False, started: float = None,
+              context: distributed.Context = distributed.SINGLE) -> list:
+    """One training run as the command line makes it (lock, checks, data, training, curves);
+    return its metrics, one dict per epoch. A --budget_minutes counts from ``started``
+    (time.monotonic(); default: now). Under torchrun every rank runs this; rank 0 alone takes
+    the lock and writes files."""
+    started = time.monotonic() if started is None else started
+    main_rank = context.is_main
+    with contextlib.ExitStack() as held:
+        # Under torchrun a refusal on one rank (rank 0 alone takes the lock) stops every rank
+        # here, and rank 0 says it: the others would otherwise report losing contact.
+        with distributed.all_or_none(ConfigError, *USER_ERRORS):
+            if config.tensorboard:  # an optional extra: checked before anything else happens
+                tensorboard_log.require_tensorboard()
+                if main_rank:
+                    tensorboard_log.check_logdir(config.tensorboard)
+            # One run per folder: an existing folder is locked (and checked) before the data is
+            # read, so a second run is refused at once; a new one is made once the data is usable.
+            if main_rank and os.path.isdir(config.modeldir):
+                held.enter_context(checkpoints.RunLock(config.modeldir))
+            check_modeldir(config, resume, overwrite)
+            if resume is not None and os.path.isdir(config.modeldir):  # before any download
+                # On a copy: the run itself adopts what its checkpoint planned when it resumes.
+                Model.MyModel(copy.copy(config), log=lambda *a: None,
+                              context=context).check_resumable(resume, overwrite)
+            if context.local_rank == 0:  # one download per machine, which the others wait for
+                dataset.ensure_data(config)
+        with distributed.all_or_none(ConfigError, *USER_ERRORS):
+            x_train, y_train, _, _ = dataset.load(config)
+            x_valid = y_valid = None
+            if not config.train_all:
+                x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
+                    x_train, y_train, config.split_index)
+            config.validate(n_train=len(x_train), world_size=context.world_size)
+            if main_rank and not os.path.isdir(config.modeldir):
+                make_modeldir(config.modeldir)
+                held.enter_context(checkpoints.RunLock(config.modeldir))
+        model = Model.MyModel(config, context=context)
+        model.started = started
+        print(f"training {network_name(config)} on {len(x_train)} images"
+              + (f", validating on {len(x_valid)}" if x_valid is not None else "")
+              + f", device {model.device}"
+              + (f", {context.describe()}" if context.distributed else ""), flush=True)
+        if config.tensorboard:
+            model.epoch_callbacks.append(tensorboard_log.EpochLogger(config.tensorboard, held))
+        history = model.train(x_train, y_train, x_valid, y_valid, resume=resume,
+                              overwrite=overwrite)
+    # A bonus: without matplotlib, no curves.png; nothing trained, nothing redrawn.
+    if main_rank and model.epochs_trained and plots.matplotlib_available():
+        try:
+            print(f"wrote {plots.draw_curves(config.modeldir)}")
+        except plots.PlotError as e:
+            print(f"warning: no curves: {e}", file=sys.stderr)
+    return history
+
+
+def sweep_train(run_config: Config, resume, overwrite: bool) -> list:
+    """One run of a sweep, as sweep.run calls it: its own configuration printed (recipe and
+    derived values resolved) and the whole --budget_minutes, counted from its own start."""
+    announce(run_config)
+    return train_run(run_config, resume, overwrite, started=time.monotonic())

@@ -1,0 +1,1 @@
+"""Evaluation: logits, test-time augmentation, scores and validation of a network."""

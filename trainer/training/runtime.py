@@ -1,0 +1,148 @@
+"""Where and how the network runs: the device, the precision, the memory format, the image
+preparation, and the network, optimizer and loss scaler built for them.
+
+``Runtime`` is the one place a run's device is chosen (CUDA if present, else MPS, else CPU, unless
+--device names one); ``autocast()`` and ``prepare_images()`` are what every training step,
+evaluation batch, the --budget_minutes timing and the benchmarks run their images through.
+"""
+import torch
+
+import ImageUtils
+from NetWork import build_network
+from configure import Config, ConfigError
+from trainer.parallel import distributed
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The one place a device is chosen: CUDA if present, else MPS, else CPU, unless named."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+                          f"or mps.") from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError(f"--device {name}: this trainer runs on cpu, cuda, cuda:N or mps; use one "
+                          f"of those or auto.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but CUDA is not available; use "
+                          f"--device cpu or auto.")
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s), numbered from 0; use --device cuda or a smaller number.")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {name} was asked for but MPS is not available; use "
+                          f"--device cpu or auto.")
+    return device
+
+
+def amp_dtype(amp: str, device: torch.device):
+    """--amp on this device: None (full precision), torch.bfloat16 or torch.float16."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class Runtime:
+    """The device, precision and memory format of one run, and the channel statistics of
+    --normalize dataset (``mean_std``, set once from the training split or from a checkpoint)."""
+
+    def __init__(self, config: Config, context=distributed.SINGLE):
+        self.config, self.context = config, context
+        self.device = select_device(config.device)
+        self.channels_last = config.channels_last != "off"
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.amp_dtype = amp_dtype(config.amp, self.device)
+        self.mean_std = None  # --normalize dataset: the training split's channel (mean, std)
+
+    def autocast(self):
+        """The precision context every forward pass runs in (a no-op at full precision)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def prepare_images(self, x: torch.Tensor, training: bool, offsets=None,
+                       flips=None) -> torch.Tensor:
+        """(B, 3, 32, 32) uint8 on the device -> the network's float input: cropped and flipped
+        (training, by the epoch plan's offsets and flips), standardized, in the memory format."""
+        x = ImageUtils.preprocess_batch(x, training, offsets, flips, self.config.pad_mode,
+                                        mean_std=self.mean_std)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def collective_device(self):
+        """Where tensors for a collective operation live: the device under NCCL, else the CPU."""
+        return self.device if self.context.backend == "nccl" else "cpu"
+
+
+def build(config: Config, rt: Runtime) -> torch.nn.Module:
+    """The run's network, seeded by config.seed (the initial weights depend on the seed only),
+    with SyncBatchNorm under torchrun's --sync_bn, on the device in the memory format."""
+    torch.manual_seed(config.seed)
+    network = build_network(config.network, config.resnet_version, config.resnet_size,
+                            config.num_classes, config.first_num_filters,
+                            batch_norm=config.batch_norm, downsample=config.downsample,
+                            shortcut=config.shortcut, activation=config.activation)
+    if config.sync_bn and rt.context.distributed:
+        network = distributed.convert_sync_batchnorm(network, rt.device)
+    network.to(rt.device, memory_format=rt.memory_format)
+    return network
+
+
+def configure_backends(config: Config, rt: Runtime) -> None:
+    """cuDNN's autotuner, as --cudnn_benchmark says (CUDA only)."""
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+
+
+def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool):
+    """The optimizer's parameter groups: one with weight decay for everything, or, with
+    no_decay_bn_bias, a second one without it for the batch-norm weights and every bias."""
+    if not no_decay_bn_bias:
+        return [{"params": list(network.parameters()), "weight_decay": weight_decay}]
+    exempt = set()
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+            exempt.update(id(p) for p in module.parameters(recurse=False))
+        elif getattr(module, "bias", None) is not None and isinstance(module.bias, torch.nn.Parameter):
+            exempt.add(id(module.bias))
+    params = list(network.parameters())
+    return [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+
+
+def optimizer(network: torch.nn.Module, config: Config) -> torch.optim.SGD:
+    """SGD with momentum (Nesterov's with --nesterov) over ``parameter_groups``."""
+    return torch.optim.SGD(
+        parameter_groups(network, config.weight_decay, config.no_decay_bn_bias),
+        lr=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def scaler(rt: Runtime) -> torch.amp.GradScaler:
+    """The loss scaler; it only acts under fp16 (bf16 and full precision need none)."""
+    return torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+
+
+def forward_network(network: torch.nn.Module, config: Config) -> torch.nn.Module:
+    """What evaluation runs: the network, compiled with --compile (the same parameters)."""
+    return torch.compile(network) if config.compile else network
+
+
+def training_network(network: torch.nn.Module, forward_net: torch.nn.Module, rt: Runtime,
+                     config: Config) -> torch.nn.Module:
+    """What the training steps run: the (compiled) network, in DistributedDataParallel under
+    torchrun, so that the gradients are averaged over the ranks."""
+    if not rt.context.distributed:
+        return forward_net
+    ids = [rt.device.index] if rt.device.type == "cuda" else None
+    wrapped = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids)
+    return torch.compile(wrapped) if config.compile else wrapped
