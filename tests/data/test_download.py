@@ -24,9 +24,8 @@ import trainer.data.download
 from trainer.app import dataset
 from DataReader import DataError
 from cifar_files import write_cifar
+from cli_tools import ROOT
 from trainer.data.archive import safe_extract
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Written out here, not taken from configure.py, so that a changed constant fails a test.
 PUBLISHED_MD5 = "c58f30108f718f92721af3b95e74349a"  # beside the archive on the CIFAR-10 page
