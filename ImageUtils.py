@@ -1,9 +1,9 @@
 """Pure preprocessing: the per-image reference (numpy) and its batched twin (torch).
 
-Training images are padded by 4 pixels on each side, cropped back to 32x32 at a random offset and
-flipped left-right with probability 0.5 (He et al. 2016, Sec. 4.2); every image, training or not, is
-then standardized by its own mean and standard deviation (the deviation floored at 1/sqrt(3072), as
-in the course skeleton's ``tf.image.per_image_standardization``).
+Training images are padded by 4 pixels on each side (``pad``, --translate), cropped back to 32x32
+at a random offset and flipped left-right with probability 0.5 (He et al. 2016, Sec. 4.2); every
+image, training or not, is then standardized by its own mean and standard deviation (the deviation
+floored at 1/sqrt(3072), as in the course skeleton's ``tf.image.per_image_standardization``).
 
 ``preprocess_image`` is the readable reference, one image at a time. ``preprocess_batch`` does the
 same on a whole batch at once on any device: given the same crop offsets and flips it gives the
@@ -31,18 +31,20 @@ def parse_record(record, training: bool, generator: np.random.Generator = None,
     return preprocess_image(image, training, generator, pad_mode)
 
 
-def draw_crop_flip(generator: np.random.Generator):
-    """Random draws for one training image: crop offsets (dy, dx) in [0, 8] and a flip."""
-    dy, dx = generator.integers(0, 2 * PAD + 1, size=2)
+def draw_crop_flip(generator: np.random.Generator, pad: int = PAD):
+    """Random draws for one training image: crop offsets (dy, dx) in [0, 2 * pad] and a flip."""
+    dy, dx = generator.integers(0, 2 * pad + 1, size=2)
     flip = bool(generator.random() < 0.5)
     return int(dy), int(dx), flip
 
 
-def crop_flip(image: np.ndarray, dy: int, dx: int, flip: bool, pad_mode: str = "constant"):
-    """(3, 32, 32) -> pad 4 each side, take the 32x32 window at (dy, dx), mirror it if flip."""
+def crop_flip(image: np.ndarray, dy: int, dx: int, flip: bool, pad_mode: str = "constant",
+              pad: int = PAD):
+    """(3, 32, 32) -> pad ``pad`` pixels each side, take the 32x32 window at (dy, dx), mirror it
+    if flip."""
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, not {pad_mode!r}")
-    padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)), mode=pad_mode)
+    padded = np.pad(image, ((0, 0), (pad, pad), (pad, pad)), mode=pad_mode)
     out = padded[:, dy:dy + SIZE, dx:dx + SIZE]
     return out[:, :, ::-1] if flip else out
 
@@ -72,9 +74,10 @@ def preprocess_image(image: np.ndarray, training: bool, generator: np.random.Gen
 # --------------------------------------------------------------------------------------------
 # Whole batches at once (torch, on the data's device)
 
-def draw_batch_crop_flip(n: int, generator: torch.Generator):
-    """Random draws for n training images: offsets (n, 2) int64 in [0, 8] and flips (n,) bool."""
-    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator)
+def draw_batch_crop_flip(n: int, generator: torch.Generator, pad: int = PAD):
+    """Random draws for n training images: offsets (n, 2) int64 in [0, 2 * pad] and flips (n,)
+    bool."""
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
     return offsets, flips
 
@@ -88,8 +91,9 @@ def standardize_batch(x: torch.Tensor) -> torch.Tensor:
 
 
 def crop_flip_batch(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
-                    pad_mode: str = "constant") -> torch.Tensor:
-    """(B, 3, 32, 32) -> the same crops and flips as ``crop_flip``, for every image at once.
+                    pad_mode: str = "constant", pad: int = PAD) -> torch.Tensor:
+    """(B, 3, 32, 32) -> the same crops and flips as ``crop_flip``, for every image at once;
+    ``pad`` pixels each side (offsets in [0, 2 * pad]).
 
     One gather does all of it: image b's output pixel (i, j) is padded pixel
     (dy_b + i, dx_b + j), or (dy_b + i, dx_b + 31 - j) when b is flipped.
@@ -98,7 +102,7 @@ def crop_flip_batch(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
         raise ValueError(f"pad_mode must be one of {PAD_MODES}, not {pad_mode!r}")
     if pad_mode == "reflect" and not x.is_floating_point():
         x = x.float()  # reflect padding is defined for float tensors only
-    padded = F.pad(x, (PAD, PAD, PAD, PAD), mode=pad_mode)  # (B, 3, 40, 40)
+    padded = F.pad(x, (pad, pad, pad, pad), mode=pad_mode)  # (B, 3, 32 + 2 pad, 32 + 2 pad)
     b = x.shape[0]
     ar = torch.arange(SIZE, device=x.device)
     rows = offsets[:, 0, None] + ar  # (B, 32)
@@ -124,16 +128,17 @@ def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
 def preprocess_batch(x: torch.Tensor, training: bool, offsets: torch.Tensor = None,
                      flips: torch.Tensor = None, pad_mode: str = "constant",
-                     generator: torch.Generator = None, mean_std=None) -> torch.Tensor:
+                     generator: torch.Generator = None, mean_std=None,
+                     pad: int = PAD) -> torch.Tensor:
     """(B, 3, 32, 32) uint8 or float in [0, 255] -> (B, 3, 32, 32) float32, standardized: each
     image by itself, or by the data set's channel statistics ``mean_std`` (two (3,) tensors).
 
-    When training, images are cropped and flipped by ``offsets`` and ``flips`` (on x's device), or by
-    fresh draws from ``generator`` when those are not given.
+    When training, images are padded by ``pad`` pixels, cropped and flipped by ``offsets`` and
+    ``flips`` (on x's device), or by fresh draws from ``generator`` when those are not given.
     """
     if training:
         if offsets is None or flips is None:
-            offsets, flips = draw_batch_crop_flip(x.shape[0], generator)
+            offsets, flips = draw_batch_crop_flip(x.shape[0], generator, pad)
             offsets, flips = offsets.to(x.device), flips.to(x.device)
-        x = crop_flip_batch(x, offsets, flips, pad_mode)
+        x = crop_flip_batch(x, offsets, flips, pad_mode, pad)
     return standardize_batch(x) if mean_std is None else normalize_batch(x, *mean_std)

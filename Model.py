@@ -19,6 +19,7 @@ from trainer.reports import reports
 from trainer.run import checkpoints, state
 from trainer.training import loop, runtime
 from trainer.training.ema import WeightAverage
+from trainer.training.lookahead import Lookahead
 # The names main.py and the tests know as Model.<name>:
 from trainer.run.checkpoints import (INTERRUPTED, CheckpointError, checkpoint_path,  # noqa: F401
                                      list_checkpoints)
@@ -45,6 +46,8 @@ class MyModel:
         runtime.configure_backends(config, self.runtime)
         self.optimizer = runtime.optimizer(self.network, config)
         self.ema = WeightAverage(self.network, config.ema) if config.ema else None
+        self.lookahead = Lookahead(self.network, config.lookahead_decay,
+                                   config.lookahead_every) if config.lookahead else None
         self.scaler = runtime.scaler(self.runtime)
         self.forward_net = runtime.forward_network(self.network, config)
         self.train_net = None  # forward_net, wrapped in DistributedDataParallel under torchrun

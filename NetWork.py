@@ -42,6 +42,18 @@ resnet18    11,173,962 / 11,220,132  (always has BN)          CIFAR stem, [2, 2,
 ==========  =======================  =======================  ===============================
 
 With ``shortcut="pad"`` resnet18 has 11,000,138 parameters (10 classes).
+
+Networks for speed (10 classes; ``width_scale`` multiplies every width but airbench's first layer):
+
+========  ==========================  ===========================================================
+network   parameters                  layers
+========  ==========================  ===========================================================
+resnet9   6,573,120                   ResNet-9 of DAWNBench (Page, "How to train your ResNet"):
+                                      widths 64/128/256/512, two residual pairs, output x 0.125
+airbench  1,972,792 (1,971,640        airbench94 (Jordan 2024): 2x2 whitening conv to 24, three
+          trained; 1,971,352 with     conv groups 64/256/256, GELU, output x 1/9; batch norm
+          ``whiten``)                 scales fixed at 1
+========  ==========================  ===========================================================
 """
 import torch
 import torch.nn.functional as F
@@ -53,7 +65,16 @@ BN_EPS = 1e-5
 ACTIVATIONS = ("relu", "swish")
 DOWNSAMPLES = ("a", "b", "d")
 SHORTCUTS = ("projection", "pad")
-NETWORKS = ("resnet", "simple_nn", "simple_cnn", "resnet18")
+NETWORKS = ("resnet", "simple_nn", "simple_cnn", "resnet18", "resnet9", "airbench")
+RESNET9_WIDTHS = (64, 128, 256, 512)  # prep, layer1, layer2, layer3 (Page 2018, DAWNBench)
+RESNET9_SCALE = 0.125  # the logits' multiplier (Page 2018)
+AIRBENCH_WIDTHS = (64, 256, 256)  # the three conv groups (airbench94's hyp["net"]["widths"])
+AIRBENCH_SCALE = 1 / 9  # the logits' multiplier (airbench94's scaling_factor)
+# airbench94's batchnorm_momentum 0.6 is the share of the running statistics kept; torch counts the
+# share taken from the batch.
+AIRBENCH_BN_MOMENTUM = 0.4
+AIRBENCH_BN_EPS = 1e-12  # airbench94
+WHITENING_KERNEL = 2  # airbench94's first layer: 2x2 patches, 12 filters and their negatives
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -379,6 +400,156 @@ class simple_cnn(_Baseline):
         )
 
 
+def scaled_widths(widths: tuple, width_scale: float) -> tuple:
+    """Each width times ``width_scale``, rounded, at least 1: (64, 256, 256) x 0.5 -> (32, 128,
+    128)."""
+    if isinstance(width_scale, bool) or not isinstance(width_scale, (int, float)) \
+            or not 0 < width_scale < float("inf"):
+        raise ValueError(f"width_scale must be a positive number (1: the published widths), not "
+                         f"{width_scale!r}.")
+    return tuple(max(1, round(w * width_scale)) for w in widths)
+
+
+class conv_bn_relu(nn.Module):
+    """ResNet-9's unit: conv3x3 (no bias), BN, ReLU: (N, C_in, H, W) -> (N, C_out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = conv3x3(in_channels, out_channels)
+        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class residual_pair(nn.Module):
+    """ResNet-9's residual: x + res2(res1(x)), two conv_bn_relu of one width."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.res1 = conv_bn_relu(channels, channels)
+        self.res2 = conv_bn_relu(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res2(self.res1(x))
+
+
+class resnet9_layer(nn.Module):
+    """A wider conv_bn_relu, a 2x2 max-pool, then (layers 1 and 3) a residual pair:
+    (N, C_in, H, W) -> (N, C_out, H/2, W/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, residual: bool):
+        super().__init__()
+        self.conv = conv_bn_relu(in_channels, out_channels)
+        self.pool = nn.MaxPool2d(2)
+        self.residual = residual_pair(out_channels) if residual else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.conv(x))
+        return x if self.residual is None else self.residual(x)
+
+
+class resnet9(Network):
+    """The ResNet-9 of DAWNBench (Page 2018, "How to train your ResNet" part 4):
+    (N, 3, 32, 32) float -> (N, num_classes) logits.
+
+    prep conv_bn_relu 64; layer1 128 + pool + residual pair; layer2 256 + pool; layer3 512 + pool +
+    residual pair; global max-pool; linear without bias; logits times 0.125. PyTorch's default
+    initialization, as published.
+    """
+
+    def __init__(self, num_classes: int = 10, width_scale: float = 1.0):
+        super().__init__()
+        _check_num_classes(num_classes)
+        prep, w1, w2, w3 = scaled_widths(RESNET9_WIDTHS, width_scale)
+        self.prep = conv_bn_relu(3, prep)
+        self.layer1 = resnet9_layer(prep, w1, residual=True)
+        self.layer2 = resnet9_layer(w1, w2, residual=False)
+        self.layer3 = resnet9_layer(w2, w3, residual=True)
+        self.head = nn.Linear(w3, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prep(x)  # (N, 64, 32, 32)
+        x = self.layer1(x)  # (N, 128, 16, 16)
+        x = self.layer2(x)  # (N, 256, 8, 8)
+        x = self.layer3(x)  # (N, 512, 4, 4)
+        x = torch.flatten(F.adaptive_max_pool2d(x, 1), 1)  # (N, 512)
+        return self.head(x) * RESNET9_SCALE
+
+
+class scale_free_batch_norm(nn.BatchNorm2d):
+    """airbench's batch norm: its scale is fixed at 1 (``weight.requires_grad`` False), only the
+    bias learns; momentum and eps as airbench94."""
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features, eps=AIRBENCH_BN_EPS, momentum=AIRBENCH_BN_MOMENTUM)
+        self.weight.requires_grad_(False)
+
+
+def dirac_conv(in_channels: int, out_channels: int, kernel_size: int = 3, padding="same",
+               bias: bool = False) -> nn.Conv2d:
+    """A convolution initialized as airbench94's: PyTorch's default, then the first
+    ``in_channels`` filters the identity (dirac), and a zero bias."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:min(in_channels, out_channels)])
+        if bias:
+            conv.bias.zero_()
+    return conv
+
+
+class conv_group(nn.Module):
+    """airbench's block: conv3x3, max-pool 2, BN, GELU, conv3x3, BN, GELU:
+    (N, C_in, H, W) -> (N, C_out, H/2, W/2) (rounded down)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = dirac_conv(in_channels, out_channels)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = scale_free_batch_norm(out_channels)
+        self.conv2 = dirac_conv(out_channels, out_channels)
+        self.norm2 = scale_free_batch_norm(out_channels)
+        self.activ = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+class airbench(Network):
+    """The whitened convnet of airbench94 (Jordan 2024, arXiv 2404.00498):
+    (N, 3, 32, 32) float -> (N, num_classes) logits.
+
+    ``whiten``: a 2x2 convolution without padding, 3 -> 24 with a bias, then GELU; three
+    conv_groups (64, 256, 256 wide); a global max-pool; a linear layer without bias; logits times
+    1/9. With ``whiten=True`` the first layer's weight is fixed (the trainer sets it from the
+    training images' patch covariance, trainer/training/whitening.py); otherwise it learns.
+    """
+
+    def __init__(self, num_classes: int = 10, width_scale: float = 1.0, whiten: bool = False):
+        super().__init__()
+        _check_num_classes(num_classes)
+        widths = scaled_widths(AIRBENCH_WIDTHS, width_scale)
+        whitened = 2 * 3 * WHITENING_KERNEL ** 2  # each patch direction and its negative
+        self.whiten = dirac_conv(3, whitened, WHITENING_KERNEL, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(not whiten)
+        self.activ = nn.GELU()
+        groups, in_channels = [], whitened
+        for width in widths:
+            groups.append(conv_group(in_channels, width))
+            in_channels = width
+        self.groups = nn.Sequential(*groups)
+        self.head = nn.Linear(in_channels, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.activ(self.whiten(x))  # (N, 24, 31, 31)
+        x = self.groups(x)  # (N, 256, 3, 3)
+        x = torch.flatten(F.adaptive_max_pool2d(x, 1), 1)  # (N, 256)
+        return self.head(x) * AIRBENCH_SCALE
+
+
 def _conv_act_pool(in_channels: int, out_channels: int, kernel_size: int, padding: int,
                    batch_norm: bool, activation: str) -> list:
     """conv (with bias), [BN], activation, 2x2 max-pool."""
@@ -421,13 +592,16 @@ def check_resnet_options(downsample: str, shortcut: str, activation: str) -> Non
 def build_network(network: str = "resnet", resnet_version: int = 1, resnet_size: int = 3,
                   num_classes: int = 10, first_num_filters: int = 16, batch_norm: bool = False,
                   downsample: str = "b", shortcut: str = "projection",
-                  activation: str = "relu") -> nn.Module:
+                  activation: str = "relu", width_scale: float = 1.0,
+                  whiten: bool = False) -> nn.Module:
     """The network named by ``network``: (N, 3, 32, 32) -> (N, num_classes).
 
     ``resnet_version``, ``resnet_size`` and ``first_num_filters`` shape ``"resnet"`` only;
-    ``downsample`` and ``shortcut`` shape the ResNets only, and ``batch_norm`` the simple networks
-    only (the ResNets always normalize). Each is still checked, and ignored where it does not apply,
-    so that one configuration can carry all of them.
+    ``downsample`` and ``shortcut`` shape the course ResNets only, ``batch_norm`` the simple
+    networks only (the ResNets always normalize), and ``activation`` the course networks only
+    (resnet9 has ReLU, airbench GELU, as published). ``width_scale`` shapes resnet9 and airbench,
+    ``whiten`` (a fixed first layer) airbench only. Each is still checked, and ignored where it
+    does not apply, so that one configuration can carry all of them.
     """
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}.")
@@ -437,6 +611,11 @@ def build_network(network: str = "resnet", resnet_version: int = 1, resnet_size:
         return net_class(num_classes, batch_norm=batch_norm, activation=activation)
     if network == "resnet18":
         return resnet18(num_classes, downsample=downsample, shortcut=shortcut, activation=activation)
+    scaled_widths((1,), width_scale)  # checked everywhere, like the options above
+    if network == "resnet9":
+        return resnet9(num_classes, width_scale)
+    if network == "airbench":
+        return airbench(num_classes, width_scale, whiten=whiten)
     return ResNet(resnet_version, resnet_size, num_classes, first_num_filters,
                   downsample=downsample, shortcut=shortcut, activation=activation)
 
@@ -451,3 +630,9 @@ if __name__ == "__main__":
         for classes in (10, 100):
             print(f"{name} ({classes} classes): "
                   f"{build_network(name, num_classes=classes).num_params():,} parameters")
+    for name in ("resnet9", "airbench"):
+        for scale in (1.0, 0.5):
+            net = build_network(name, width_scale=scale)
+            trained = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            print(f"{name} width_scale {scale:g}: {net.num_params():,} parameters "
+                  f"({trained:,} trained)")

@@ -20,7 +20,7 @@ OFFICIAL_MD5S = {"cifar10": CIFAR10_MD5, "cifar100": CIFAR100_MD5}
 # Classes of each (dataset, label_mode): CIFAR-100 labels each image with one of 100 fine classes
 # and one of 20 coarse superclasses; CIFAR-10 has only its 10.
 CLASS_COUNTS = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
-NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn")
+NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn", "resnet9", "airbench")
 # --recipe fast: what it sets (explicit flags still win). Measured on the real-image copy of
 # CIFAR-10 against the course recipe; see BENCHMARKS.md.
 RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate": 0.2,
@@ -31,7 +31,9 @@ RECIPES = {"course": {}, "fast": RECIPE_FAST}
 # are refused where they do not apply, and a checkpoint's value of them is not compared there.
 NETWORK_SPECIFIC = {"resnet_version": ("resnet",), "resnet_size": ("resnet",),
                     "first_num_filters": ("resnet",), "downsample": ("resnet", "resnet18"),
-                    "shortcut": ("resnet", "resnet18"), "batch_norm": ("simple_nn", "simple_cnn")}
+                    "shortcut": ("resnet", "resnet18"), "batch_norm": ("simple_nn", "simple_cnn"),
+                    "activation": ("resnet", "resnet18", "simple_nn", "simple_cnn"),
+                    "width_scale": ("resnet9", "airbench"), "whiten": ("airbench",)}
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
 MAX_BUDGET_MINUTES = 365 * 24 * 60  # a year: longer budgets are typos, and past ~1e300 overflow
 
@@ -64,8 +66,10 @@ def _opt(default, help_text, **kwargs):
 @dataclass
 class Config:
     # --- network (He et al. 2016, Sec. 4.2) ---
-    network: str = _opt("resnet", "resnet (the ResNets below), resnet18 (ResNet-18 for 32x32), or the "
-                                  "course baselines simple_nn (LeNet-style) and simple_cnn",
+    network: str = _opt("resnet", "resnet (the ResNets below), resnet18 (ResNet-18 for 32x32), the "
+                                  "course baselines simple_nn (LeNet-style) and simple_cnn, or "
+                                  "the speed networks resnet9 (DAWNBench's ResNet-9, Page 2018) "
+                                  "and airbench (airbench94's whitened convnet, Jordan 2024)",
                         choices=NETWORKS)
     resnet_version: int = _opt(1, "1: standard blocks (ResNet v1); 2: pre-activation bottlenecks (v2)",
                                choices=(1, 2))
@@ -82,8 +86,14 @@ class Config:
                                        "conv, course skeleton) or pad (the paper's option A: "
                                        "subsample and zero-pad, no parameters)",
                          choices=("projection", "pad"))
-    activation: str = _opt("relu", "relu, or swish (x * sigmoid(x), Ramachandran et al. 2017)",
+    activation: str = _opt("relu", "relu, or swish (x * sigmoid(x), Ramachandran et al. 2017); the "
+                                   "course networks only (resnet9 has ReLU, airbench GELU)",
                            choices=("relu", "swish"))
+    width_scale: float = _opt(1.0, "resnet9/airbench: every width times this, rounded (1: the "
+                                   "published 64/128/256/512 and 64/256/256)")
+    whiten: bool = _opt(False, "airbench: set the first layer's 12 filters (and their negatives) "
+                               "from the covariance of the training images' 2x2 patches before a "
+                               "fresh run, and keep them fixed (airbench94)")
     normalize: str = _opt("per_image", "input standardization: per_image (each image by its own "
                                        "mean and deviation, course skeleton) or dataset (channel "
                                        "means and deviations of the training split)",
@@ -110,6 +120,23 @@ class Config:
     no_decay_bn_bias: bool = _opt(False, "no weight decay on batch-norm weights and biases")
     label_smoothing: float = _opt(0.0, "share of each target spread evenly over all classes "
                                        "(Szegedy et al. 2016; 0: none)")
+    bias_lr_scale: float = _opt(1.0, "the batch-norm biases learn at this many times the "
+                                     "learning rate, their weight decay unchanged (airbench94's "
+                                     "bias_scaler: 64; 1: the same rate as the rest)")
+    decoupled: bool = _opt(False, "airbench's decoupled parametrisation (Jordan 2024, arXiv "
+                                  "2404.00498, airbench94.py): --learning_rate is the step per "
+                                  "1024 examples, so SGD's rate is learning_rate * batch_size / "
+                                  "(1024 * (1 + 1 / (1 - momentum))), and --weight_decay is the "
+                                  "shrink per 1024 examples, batch_size * weight_decay / (1024 * "
+                                  "(1 + 1 / (1 - momentum))) of each weight a step at the full "
+                                  "schedule, whatever the rate (airbench94: lr 11.5, decay 0.0153)")
+    lookahead: bool = _opt(False, "lookahead (Zhang et al. 2019, as in airbench94): every "
+                                  "lookahead_every steps the slow weights move toward the network "
+                                  "and the network is set to them; at the end it takes them")
+    lookahead_decay: float = _opt(0.95 ** 5, "the slow weights' decay at the end of the run; at "
+                                             "progress p of the run it is this times p**3 "
+                                             "(airbench94: 0.95**5)")
+    lookahead_every: int = _opt(5, "steps between lookahead updates (airbench94: 5)")
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay "
                            "(e.g. 0.999) and validate, test and predict with it (0: off)")
     max_epoch: int = _opt(200, "epochs to train (course skeleton: 200; paper: 64k iterations, ~182)")
@@ -133,6 +160,12 @@ class Config:
     split_index: int = _opt(45000, "training images before the validation split (paper: 45k/5k)")
     train_all: bool = _opt(False, "train on all 50,000 images with no validation (the course's "
                                   "final step)")
+    translate: int = _opt(4, "training crops: pad this many pixels each side, then crop 32x32 at a "
+                             "random offset (paper: 4; airbench94: 2, reflect padding); 0: none")
+    flip: str = _opt("random", "training mirror images: random (each image with probability 0.5 "
+                               "each epoch, paper) or alternating (at random in the first epoch, "
+                               "then each image the opposite of its previous epoch; airbench94)",
+                     choices=("random", "alternating"))
     pad_mode: str = _opt("constant", "padding before the random crop: constant (zeros, paper) or "
                                      "reflect", choices=("constant", "reflect"))
     data_dir: str = _opt("./data", "folder holding cifar-10-batches-py or cifar-100-python (or "
@@ -157,7 +190,10 @@ class Config:
     dist_timeout: float = _opt(300.0, "under torchrun: seconds a process waits for the others "
                                       "before giving up (a process that died ends the run)")
     tta: str = _opt("off", "test and predict: flip averages the class probabilities of each image "
-                           "and its mirror image", choices=("off", "flip"))
+                           "and its mirror image; six averages the logits of the image and its "
+                           "mirror (weight 1/4 each) and of both shifted one pixel up-left and "
+                           "down-right, reflect-padded (1/8 each; airbench94's tta_level 2)",
+                    choices=("off", "flip", "six"))
 
     # --- output ---
     quiet: bool = _opt(False, "no progress bars (the per-epoch lines stay); bars show only on a "
@@ -177,7 +213,7 @@ class Config:
     def validate(self, n_train: int = None, world_size: int = 1) -> "Config":
         """Raise ConfigError naming the first flag that makes no sense; return self."""
         positive_ints = ("resnet_size", "first_num_filters", "batch_size", "max_epoch",
-                         "save_interval", "eval_batch_size", "split_index")
+                         "save_interval", "eval_batch_size", "split_index", "lookahead_every")
         for name in positive_ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -196,7 +232,8 @@ class Config:
             raise ConfigError(f"--num_classes must be at least 2 (or 0 to follow the data set), "
                               f"not {self.num_classes}.")
         for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1",
-                     "warmup_epochs", "label_smoothing", "ema", "budget_minutes", "dist_timeout"):
+                     "warmup_epochs", "label_smoothing", "ema", "budget_minutes", "dist_timeout",
+                     "bias_lr_scale", "lookahead_decay"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -227,9 +264,23 @@ class Config:
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be a decay in (0, 1), e.g. 0.999, or 0 for none; not "
                               f"{self.ema}.")
+        if not self.bias_lr_scale > 0:
+            raise ConfigError(f"--bias_lr_scale must be positive, not {self.bias_lr_scale}.")
+        if not 0 <= self.lookahead_decay <= 1:
+            raise ConfigError(f"--lookahead_decay must be in [0, 1], not {self.lookahead_decay}.")
+        if isinstance(self.translate, bool) or not isinstance(self.translate, int) or \
+                not 0 <= self.translate <= 16:
+            raise ConfigError(f"--translate must be a whole number of pixels from 0 to 16, not "
+                              f"{self.translate!r}.")
+        if self.flip not in ("random", "alternating"):
+            raise ConfigError(f"--flip must be random or alternating, not {self.flip!r}.")
         if not self.dist_timeout > 0:
             raise ConfigError(f"--dist_timeout must be a positive number of seconds, not "
                               f"{self.dist_timeout}.")
+        if isinstance(self.width_scale, bool) or not isinstance(self.width_scale, (int, float)) \
+                or not 0 < self.width_scale < math.inf:
+            raise ConfigError(f"--width_scale must be a positive number (1: the published widths), "
+                              f"not {self.width_scale!r}.")
         if not 0 <= self.budget_minutes <= MAX_BUDGET_MINUTES:
             raise ConfigError(f"--budget_minutes must be zero (none) or positive, and at most "
                               f"{MAX_BUDGET_MINUTES} (a year), not {self.budget_minutes:g}.")
@@ -299,13 +350,15 @@ class Config:
 RUN_DEFINING_KEYS: List[str] = [
     "network", "resnet_version", "resnet_size", "first_num_filters", "num_classes", "batch_norm",
     "downsample", "shortcut", "activation", "normalize", "dataset", "label_mode",
+    "width_scale", "whiten",
     "batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_decay_epochs",
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
     "lr_schedule", "warmup_epochs", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
-    "sync_bn",
+    "sync_bn", "bias_lr_scale", "decoupled", "lookahead", "lookahead_decay", "lookahead_every",
+    "translate", "flip",
 ]
 # The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or
 # resume when any of these differ.
 ARCHITECTURE_KEYS: List[str] = ["network", "resnet_version", "resnet_size", "first_num_filters",
                                 "num_classes", "batch_norm", "downsample", "shortcut", "activation",
-                                "normalize", "dataset", "label_mode"]
+                                "normalize", "dataset", "label_mode", "width_scale"]

@@ -565,3 +565,121 @@ def test_options_that_do_not_apply_are_ignored():
         b = build_network(name)
         sa, sb = a.state_dict(), b.state_dict()
         assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------------------------
+# The speed networks: resnet9 (DAWNBench) and airbench (airbench94)
+
+def conv_weights(c_in: int, c_out: int, k: int = 3) -> int:
+    return c_in * c_out * k * k
+
+
+def resnet9_count_by_hand(prep: int, w1: int, w2: int, w3: int, classes: int = 10) -> int:
+    """Convolutions without bias, batch norm with a scale and a bias (2 per channel), the linear
+    head without bias."""
+    unit = lambda c_in, c_out: conv_weights(c_in, c_out) + 2 * c_out  # noqa: E731
+    return (unit(3, prep)
+            + unit(prep, w1) + 2 * unit(w1, w1)  # layer1 and its residual pair
+            + unit(w1, w2)  # layer2
+            + unit(w2, w3) + 2 * unit(w3, w3)  # layer3 and its residual pair
+            + w3 * classes)
+
+
+def airbench_count_by_hand(w1: int, w2: int, w3: int, classes: int = 10):
+    """(all parameters, those trained): the 2x2 whitening conv 3 -> 24 with bias; per group two
+    convolutions without bias and two batch norms of a bias each, their scales held at 1; the
+    linear head without bias."""
+    whiten = conv_weights(3, 24, 2) + 24  # 288 + 24
+    groups = [(24, w1), (w1, w2), (w2, w3)]
+    trained = whiten + sum(conv_weights(a, b) + conv_weights(b, b) + 2 * b for a, b in groups) \
+        + w3 * classes
+    fixed_scales = sum(2 * b for _, b in groups)
+    return trained + fixed_scales, trained
+
+
+def trained_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("width_scale, widths, expected", [
+    (1.0, (64, 128, 256, 512), 6_573_120),  # the published ResNet-9's 6.57M
+    (0.5, (32, 64, 128, 256), 1_646_112),
+])
+def test_resnet9_parameter_count_by_hand(width_scale, widths, expected):
+    assert resnet9_count_by_hand(*widths) == expected
+    net = build_network("resnet9", width_scale=width_scale)
+    assert net.num_params() == expected
+    assert trained_params(net) == expected
+
+
+@pytest.mark.parametrize("width_scale, widths, expected_all, expected_trained", [
+    (1.0, (64, 256, 256), 1_972_792, 1_971_640),  # airbench94's ~2M
+    (0.5, (32, 128, 128), 498_104, 497_528),
+])
+def test_airbench_parameter_count_by_hand(width_scale, widths, expected_all, expected_trained):
+    assert airbench_count_by_hand(*widths) == (expected_all, expected_trained)
+    net = build_network("airbench", width_scale=width_scale)
+    assert net.num_params() == expected_all
+    assert trained_params(net) == expected_trained
+    whitened = build_network("airbench", width_scale=width_scale, whiten=True)
+    assert trained_params(whitened) == expected_trained - conv_weights(3, 24, 2)
+
+
+def test_resnet9_shapes_and_published_parts():
+    torch.manual_seed(0)
+    net = build_network("resnet9", num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        prep = net.prep(x)
+        l1 = net.layer1(prep)
+        l2 = net.layer2(l1)
+        l3 = net.layer3(l2)
+        assert [t.shape[1:] for t in (prep, l1, l2, l3)] == [(64, 32, 32), (128, 16, 16),
+                                                             (256, 8, 8), (512, 4, 4)]
+        pooled = l3.amax(dim=(2, 3))  # global max-pool
+        assert torch.allclose(net(x), net.head(pooled) * 0.125, atol=1e-6)
+    assert net.layer2.residual is None and net.layer1.residual is not None
+    assert net.head.bias is None
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 8 and all(m.momentum == 0.1 and m.eps == 1e-5 for m in bns)
+    assert sum(isinstance(m, nn.ReLU) for m in net.modules()) == 8
+    assert list(net.state_dict())[:3] == ["prep.conv.weight", "prep.bn.weight", "prep.bn.bias"]
+    assert "layer3.residual.res2.conv.weight" in net.state_dict()
+
+
+def test_airbench_shapes_and_published_parts():
+    torch.manual_seed(0)
+    net = build_network("airbench").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first = net.activ(net.whiten(x))
+        assert first.shape == (2, 24, 31, 31)  # 2x2, no padding
+        g1 = net.groups[0](first)
+        g2 = net.groups[1](g1)
+        g3 = net.groups[2](g2)
+        assert [t.shape[1:] for t in (g1, g2, g3)] == [(64, 15, 15), (256, 7, 7), (256, 3, 3)]
+        assert torch.allclose(net(x), net.head(g3.amax(dim=(2, 3))) / 9, atol=1e-6)
+    assert net.whiten.kernel_size == (2, 2) and net.whiten.bias is not None
+    assert net.head.bias is None
+    assert isinstance(net.activ, nn.GELU) and isinstance(net.groups[0].activ, nn.GELU)
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 6
+    for bn in bns:  # airbench94: batchnorm_momentum 0.6 kept, i.e. torch's 0.4; eps 1e-12
+        assert (bn.momentum, bn.eps) == (0.4, 1e-12)
+        assert not bn.weight.requires_grad and torch.equal(bn.weight, torch.ones_like(bn.weight))
+        assert bn.bias.requires_grad
+    # Identity (dirac) initialization: a group's second convolution passes its input through.
+    conv2 = net.groups[0].conv2
+    y = torch.randn(1, 64, 5, 5)
+    assert torch.allclose(conv2(y), y)
+    assert net.whiten.weight.requires_grad
+    assert not build_network("airbench", whiten=True).whiten.weight.requires_grad
+    assert list(net.state_dict())[:2] == ["whiten.weight", "whiten.bias"]
+    assert "groups.2.norm2.bias" in net.state_dict()
+
+
+@pytest.mark.parametrize("network", ["resnet9", "airbench"])
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), True, "1"])
+def test_speed_networks_refuse_bad_width_scales(network, bad):
+    with pytest.raises(ValueError, match="width_scale must be a positive number"):
+        build_network(network, width_scale=bad)

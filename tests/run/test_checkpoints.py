@@ -592,6 +592,15 @@ RUN_CHANGES = {
     "label_smoothing": ["--label_smoothing", "0.1"],
     "ema": ["--ema", "0.9"],
     "sync_bn": ["--sync_bn"],
+    "width_scale": ["--width_scale", "0.5"],
+    "whiten": ["--whiten"],
+    "bias_lr_scale": ["--bias_lr_scale", "64"],
+    "decoupled": ["--decoupled"],
+    "lookahead": ["--lookahead"],
+    "lookahead_decay": ["--lookahead_decay", "0.5"],
+    "lookahead_every": ["--lookahead_every", "3"],
+    "translate": ["--translate", "2"],
+    "flip": ["--flip", "alternating"],
 }
 # Flags of TINY that shape a ResNet only: a run of another network is given without them.
 RESNET_ONLY = ("--resnet_size", "--first_num_filters")
@@ -628,8 +637,8 @@ def test_resume_of_a_different_run_is_refused(copy_of_run, tmp_path, capsys, key
     except SystemExit as e:  # argparse's way out, taken for a refused flag
         rc = e.code
     err = capsys.readouterr().err
-    if key == "batch_norm":  # a flag of the simple networks only: refused as a flag
-        assert rc == 2 and "--batch_norm does not apply to --network resnet" in err, err
+    if key in ("batch_norm", "width_scale", "whiten"):  # flags of other networks: refused as flags
+        assert rc == 2 and f"--{key} does not apply to --network resnet" in err, err
     else:
         assert rc == 1
         assert err.startswith("error: ") and named in err and "model-2.ckpt" in err, err

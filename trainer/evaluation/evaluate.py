@@ -1,5 +1,6 @@
-"""Evaluation: the network's logits in large batches (with --tta flip, of each image and its mirror
-image), per-image scores, validation accuracy and loss, and the scoring of saved checkpoints.
+"""Evaluation: the network's logits in large batches (with --tta flip, of each image and its
+mirror image; with --tta six, of six views), per-image scores, validation accuracy and loss,
+and the scoring of saved checkpoints.
 
 The functions take a ``model``: anything with the ``config``, ``dist`` (distributed context),
 ``runtime`` (trainer.training.runtime.Runtime), ``network``, ``forward_net`` and ``ema`` of
@@ -61,10 +62,33 @@ def logits(model, x: np.ndarray, desc: str = "evaluating", y: np.ndarray = None)
     return torch.cat(outputs) if outputs else torch.empty(0, config.num_classes, device=rt.device)
 
 
+# --tta six: (shift down, shift right, weight) of each unmirrored view; each view's mirror image
+# has the same weight. airbench94's tta_level 2: the image and its mirror 1/2, the two one-pixel
+# shifts (reflect-padded) with their mirrors the other 1/2.
+SIX_VIEWS = ((0, 0, 0.25), (-1, -1, 0.125), (1, 1, 0.125))
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """(B, C, H, W) -> the same, content moved dy pixels down and dx right, edges reflected."""
+    pad = max(abs(dy), abs(dx))
+    if pad == 0:
+        return x
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    h, w = x.shape[2], x.shape[3]
+    return padded[:, :, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+
+
 def evaluate_batch(network, x: torch.Tensor, rt, tta: str) -> torch.Tensor:
-    """Logits of one preprocessed batch; with --tta flip, the log of the mean of the class
-    probabilities of the images and of their mirror images."""
+    """Logits (B, classes) of one preprocessed batch (B, 3, 32, 32). --tta flip: the log of the
+    mean of the class probabilities of the images and of their mirror images; --tta six: the
+    weighted mean of the logits of the six views of SIX_VIEWS."""
     with rt.autocast():
+        if tta == "six":
+            out = 0
+            for dy, dx, weight in SIX_VIEWS:
+                view = shifted(x, dy, dx)
+                out = out + weight * (network(view).float() + network(view.flip(3)).float())
+            return out
         out = network(x).float()
         if tta != "flip":
             return out

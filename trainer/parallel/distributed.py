@@ -344,6 +344,8 @@ def _replace_batchnorm(module: nn.Module) -> nn.Module:
         synced = _CpuSyncBatchNorm(module.num_features, module.eps, module.momentum,
                                    module.affine, module.track_running_stats)
         synced.load_state_dict(module.state_dict())
+        for name, param in synced.named_parameters():  # a fixed scale (airbench's) stays fixed
+            param.requires_grad_(getattr(module, name).requires_grad)
         synced.to(next(iter(module.state_dict().values())).device)
         synced.train(module.training)
         return synced

@@ -19,6 +19,7 @@ key            what it holds
 ``metrics``    one dict per finished epoch
 ``partial``    running sums of the unfinished epoch (``interrupted.ckpt`` only)
 ``ema``        state dict of the weight average (``--ema``), else None; test and predict use it
+``lookahead``  the slow weights of ``--lookahead`` (a state dict), else None (absent before it)
 =============  ==========================================================================
 
 Files are written atomically (trainer.storage.atomic), so a crash never leaves a half-written
@@ -49,7 +50,10 @@ LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet"
                  "downsample": "b", "shortcut": "projection", "activation": "relu",
                  "normalize": "per_image", "l1": 0.0, "lr_schedule": "step", "warmup_epochs": 0.0,
                  "nesterov": False, "no_decay_bn_bias": False, "label_smoothing": 0.0, "ema": 0.0,
-                 "sync_bn": False, "budget_minutes": 0.0, "recipe": "course"}
+                 "sync_bn": False, "budget_minutes": 0.0, "recipe": "course",
+                 "bias_lr_scale": 1.0, "decoupled": False, "lookahead": False,
+                 "lookahead_decay": 0.95 ** 5, "lookahead_every": 5, "translate": 4,
+                 "flip": "random"}
 
 
 class CheckpointError(RuntimeError):

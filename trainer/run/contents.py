@@ -68,6 +68,10 @@ def structure_problem(ckpt, for_resume: bool):
     if ema is not None and not (isinstance(ema, dict) and ema and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ema.items())):
         return "'ema' (the weight average) must be a state dict of named tensors"
+    slow = ckpt.get("lookahead")
+    if slow is not None and not (isinstance(slow, dict) and slow and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in slow.items())):
+        return "'lookahead' (the slow weights) must be a state dict of named tensors"
     if not for_resume:
         return None
     if not _is_int(ckpt["step"]) or ckpt["step"] < 0:

@@ -2,9 +2,9 @@
 may be loaded into this network (``check_fit``) or resumed by this run (``check_same_run``).
 
 The functions that look at a run take a ``model``: anything with the ``config``, ``dist``, ``log``,
-``runtime``, ``network``, ``optimizer``, ``scaler``, ``ema``, ``epoch`` and ``history`` of
-Model.MyModel. Nothing here changes the configuration: ``check_same_run`` returns the values a
-resumed run adopts (a --budget_minutes run's plan), and its caller applies them.
+``runtime``, ``network``, ``optimizer``, ``scaler``, ``ema``, ``lookahead``, ``epoch`` and
+``history`` of Model.MyModel. Nothing here changes the configuration: ``check_same_run`` returns
+the values a resumed run adopts (a --budget_minutes run's plan), and its caller applies them.
 """
 import copy
 import os
@@ -18,6 +18,12 @@ from trainer.run.checkpoints import CheckpointError, checkpoint_path, read_check
 def describe(config_dict: dict) -> str:
     """The network a configuration builds, in words: "ResNet-20 v1 (resnet_size 3)"."""
     network = config_dict.get("network", "resnet")
+    if network in ("resnet9", "airbench"):
+        scale = config_dict.get("width_scale", 1.0)
+        return {"resnet9": "ResNet-9 (DAWNBench)", "airbench": "airbench94's convnet"}[network] + \
+            (f" at width x{scale:g}" if scale != 1 else "") + \
+            (" with a whitened first layer" if network == "airbench" and config_dict.get("whiten")
+             else "")
     if network != "resnet":
         return {"resnet18": "ResNet-18 (for 32x32 images)"}.get(network, str(network)) + \
             (" with batch norm" if config_dict.get("batch_norm") and network != "resnet18" else "")
@@ -58,6 +64,7 @@ def snapshot(model, step: int = 0, partial: dict = None, data_digest: str = "") 
         "normalization": None if mean_std is None else
         {"mean": mean_std[0].cpu(), "std": mean_std[1].cpu()},
         "ema": None if model.ema is None else model.ema.state_dict(),
+        "lookahead": None if model.lookahead is None else model.lookahead.state_dict(),
     }
 
 
@@ -85,6 +92,9 @@ def check_fit(ckpt: dict, path: str, config, network) -> None:
     if problem is None and ckpt.get("ema") is not None:
         problem = contents.state_dict_problem(ckpt["ema"], network.state_dict())
         problem = problem and f"its weight average: {problem}"
+    if problem is None and ckpt.get("lookahead") is not None:
+        problem = contents.state_dict_problem(ckpt["lookahead"], network.state_dict())
+        problem = problem and f"its lookahead weights: {problem}"
     if problem:
         raise CheckpointError(f"{path} does not fit this network: {problem}.")
 
@@ -213,6 +223,11 @@ def restore(model, ckpt: dict, path: str):
                 raise CheckpointError(f"{path} holds no weight average, which --ema "
                                       f"{model.config.ema} needs; resume without --ema.")
             model.ema.load_state_dict(ckpt["ema"])
+        if model.lookahead is not None:
+            if ckpt.get("lookahead") is None:
+                raise CheckpointError(f"{path} holds no lookahead weights, which --lookahead "
+                                      f"needs; resume without --lookahead.")
+            model.lookahead.load_state_dict(ckpt["lookahead"])
         contents.restore_rng_states(ckpt["rng"])
         model.runtime.mean_std = saved_normalization(ckpt, path, model.config,
                                                      model.runtime.device)

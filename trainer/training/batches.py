@@ -9,13 +9,28 @@ import torch
 import ImageUtils
 
 
-def epoch_plan(n: int, epoch: int, seed: int):
-    """The seeded plan of one epoch: a permutation of n images, crop offsets and flips for each
-    position of that permutation. Identical in every process, whatever its rank."""
+def epoch_plan(n: int, epoch: int, seed: int, pad: int = ImageUtils.PAD, flip: str = "random"):
+    """The seeded plan of one epoch: a permutation of n images, crop offsets (in [0, 2 * pad])
+    and flips for each position of that permutation. Identical in every process, whatever its
+    rank.
+
+    flip "random" draws each position's flip afresh; "alternating" (airbench94) keeps epoch 1's
+    random flip of each image and mirrors every image in every even epoch, so that each image is
+    seen flipped in every other epoch."""
+    order, offsets, flips = _random_plan(n, epoch, seed, pad)
+    if flip == "alternating":
+        first_order, _, first_flips = _random_plan(n, 1, seed, pad)
+        by_image = torch.empty_like(first_flips)
+        by_image[first_order] = first_flips  # epoch 1's flip of each image
+        flips = by_image[order] ^ (epoch % 2 == 0)
+    return order, offsets, flips
+
+
+def _random_plan(n: int, epoch: int, seed: int, pad: int):
     # Wrapped to 64 bits so that every seed configure.py admits (0 to 2**63 - 1) gives a generator.
     generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2 ** 64)
     order = torch.randperm(n, generator=generator)
-    offsets, flips = ImageUtils.draw_batch_crop_flip(n, generator)
+    offsets, flips = ImageUtils.draw_batch_crop_flip(n, generator, pad)
     return order, offsets, flips
 
 

@@ -18,6 +18,7 @@ from trainer.evaluation import evaluate
 from trainer.parallel import distributed
 from trainer.run import state
 from trainer.training.batches import batch_slices, epoch_plan
+from trainer.training.runtime import rate_scale
 from configure import ConfigError
 
 
@@ -75,9 +76,12 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
     model.started. The plan is printed. Under torchrun every rank takes the slowest rank's plan."""
     cfg, ctx, rt = model.config, model.dist, model.runtime
     slices = batch_slices(len(labels), cfg.batch_size, ctx.rank, ctx.world_size)
-    order, offsets, flips = (t.to(model.device) for t in epoch_plan(len(labels), 1, cfg.seed))
+    order, offsets, flips = (t.to(model.device) for t in epoch_plan(len(labels), 1, cfg.seed,
+                                                                       cfg.translate, cfg.flip))
     network = copy.deepcopy(model.network).train()
-    optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+    # SGD's own rate (--decoupled scales it), so that the timed steps stay finite.
+    optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate * rate_scale(cfg),
+                                momentum=cfg.momentum)
     warm, timed = 2, max(4, min(20, len(slices)))
     for i in range(warm + timed):
         if i == warm:

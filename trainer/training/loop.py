@@ -7,8 +7,9 @@ process can rebuild any epoch's plan, which is what makes resuming exact and let
 split one epoch between them.
 
 The functions take a ``model``: anything with the ``config``, ``dist``, ``log``, ``runtime``,
-``network``, ``optimizer``, ``scaler``, ``ema``, ``train_net``, ``epoch``, ``history``,
-``epochs_trained``, ``epoch_callbacks`` and ``validate`` of Model.MyModel, which they train.
+``network``, ``optimizer``, ``scaler``, ``ema``, ``lookahead``, ``train_net``, ``epoch``,
+``history``, ``epochs_trained``, ``epoch_callbacks`` and ``validate`` of Model.MyModel, which they
+train.
 """
 import math
 import signal
@@ -20,13 +21,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import ImageUtils
-from configure import ConfigError
+from configure import ConfigError, applies
 from trainer.evaluation.evaluate import bars_off, to_image_tensor
 from trainer.parallel import distributed
 from trainer.run import state
 from trainer.run.checkpoints import CheckpointError, list_checkpoints
 from trainer.run.folder import RunFolder
-from trainer.training import budget, runtime, schedules, stop_requests
+from trainer.training import budget, runtime, schedules, stop_requests, whitening
 from trainer.training.batches import batch_slices, epoch_plan, global_batch_sizes
 
 
@@ -99,6 +100,8 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
     if cfg.normalize == "dataset" and rt.mean_std is None:  # once, from the training split
         mean, std = ImageUtils.channel_stats(x_train)
         rt.mean_std = (torch.from_numpy(mean).to(rt.device), torch.from_numpy(std).to(rt.device))
+    if cfg.whiten and applies("whiten", cfg.network) and resume_from is None:
+        whitening.initialise(model, x_train)  # resumed, the weights come from the checkpoint
     pause_at = stop_requests.pause_point(model.dist.rank)
     if model.train_net is None:
         model.train_net = runtime.training_network(model.network, model.forward_net, rt, cfg)
@@ -157,7 +160,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     cfg, world, rt = model.config, model.dist.world_size, model.runtime
     device = rt.device
     n = len(labels)
-    order, offsets, flips = epoch_plan(n, epoch, cfg.seed)
+    order, offsets, flips = epoch_plan(n, epoch, cfg.seed, cfg.translate, cfg.flip)
     order = order.to(device, non_blocking=True)
     offsets = offsets.to(device, non_blocking=True)
     flips = flips.to(device, non_blocking=True)
@@ -179,8 +182,9 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
         if pause_at == (epoch, step):
             stop_requests.wait_for_signal(stop, epoch, step)
         lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
+        rate = lr * runtime.rate_scale(cfg)  # SGD's rate (the schedule's under --decoupled)
         for group in model.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = rate * group.get("lr_scale", 1.0)
         positions = slices[step]
         index = order[positions]
         x = rt.prepare_images(images[index], True, offsets[positions], flips[positions])
@@ -200,6 +204,9 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
             raise
         model.scaler.step(model.optimizer)
         model.scaler.update()
+        if model.lookahead is not None:
+            model.lookahead.after_step(model.network, (epoch - 1) * len(slices) + step + 1,
+                                       cfg.max_epoch * len(slices))
         if model.ema is not None:
             model.ema.update(model.network)
 
@@ -225,6 +232,8 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     distributed.broadcast_buffers(model.network)  # rank 0's running statistics, everywhere
     if model.ema is not None:
         distributed.broadcast_buffers(model.ema.network)
+    if model.lookahead is not None:
+        distributed.broadcast_buffers(model.lookahead.network)
     loss_total, correct_total, seen = epoch_totals(model, loss_sum, correct, seen)
     check_finite(cfg, loss_total, epoch)
     elapsed = time.perf_counter() - start

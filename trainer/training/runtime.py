@@ -76,7 +76,7 @@ class Runtime:
         """(B, 3, 32, 32) uint8 on the device -> the network's float input: cropped and flipped
         (training, by the epoch plan's offsets and flips), standardized, in the memory format."""
         x = ImageUtils.preprocess_batch(x, training, offsets, flips, self.config.pad_mode,
-                                        mean_std=self.mean_std)
+                                        mean_std=self.mean_std, pad=self.config.translate)
         return x.contiguous(memory_format=self.memory_format)
 
     def collective_device(self):
@@ -91,7 +91,8 @@ def build(config: Config, rt: Runtime) -> torch.nn.Module:
     network = build_network(config.network, config.resnet_version, config.resnet_size,
                             config.num_classes, config.first_num_filters,
                             batch_norm=config.batch_norm, downsample=config.downsample,
-                            shortcut=config.shortcut, activation=config.activation)
+                            shortcut=config.shortcut, activation=config.activation,
+                            width_scale=config.width_scale, whiten=config.whiten)
     if config.sync_bn and rt.context.distributed:
         network = distributed.convert_sync_batchnorm(network, rt.device)
     network.to(rt.device, memory_format=rt.memory_format)
@@ -104,27 +105,56 @@ def configure_backends(config: Config, rt: Runtime) -> None:
         torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
 
-def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool):
+def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool,
+                     bias_lr_scale: float = 1.0):
     """The optimizer's parameter groups: one with weight decay for everything, or, with
-    no_decay_bn_bias, a second one without it for the batch-norm weights and every bias."""
-    if not no_decay_bn_bias:
-        return [{"params": list(network.parameters()), "weight_decay": weight_decay}]
-    exempt = set()
-    for module in network.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._NormBase):
-            exempt.update(id(p) for p in module.parameters(recurse=False))
-        elif getattr(module, "bias", None) is not None and isinstance(module.bias, torch.nn.Parameter):
-            exempt.add(id(module.bias))
+    no_decay_bn_bias, a second one without it for the batch-norm weights and every bias. With
+    bias_lr_scale other than 1 the batch-norm biases form a last group whose rate is that many
+    times the others' (its ``lr_scale``, which the training loop applies) and whose decay is
+    divided by it, so that each step shrinks them as much as the rest (airbench94)."""
     params = list(network.parameters())
-    return [{"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    norm_biases = set()
+    if bias_lr_scale != 1:
+        norm_biases = {id(m.bias) for m in network.modules()
+                       if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                       and isinstance(m.bias, torch.nn.Parameter)}
+    exempt = set()
+    if no_decay_bn_bias:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+                exempt.update(id(p) for p in module.parameters(recurse=False))
+            elif isinstance(getattr(module, "bias", None), torch.nn.Parameter):
+                exempt.add(id(module.bias))
+    rest = [p for p in params if id(p) not in norm_biases]
+    groups = [{"params": [p for p in rest if id(p) not in exempt], "weight_decay": weight_decay}]
+    if no_decay_bn_bias:
+        groups.append({"params": [p for p in rest if id(p) in exempt], "weight_decay": 0.0})
+    if norm_biases:
+        decay = 0.0 if no_decay_bn_bias else weight_decay / bias_lr_scale
+        groups.append({"params": [p for p in params if id(p) in norm_biases],
+                       "weight_decay": decay, "lr_scale": bias_lr_scale})
+    return groups
+
+
+def rate_scale(config: Config) -> float:
+    """SGD's rate per unit of the schedule's: 1, or under --decoupled airbench94's
+    batch_size / (1024 * (1 + 1 / (1 - momentum))) (its rate is per 1024 examples and undoes the
+    gain of momentum; the loss here is the batch mean, so the batch size multiplies)."""
+    if not config.decoupled:
+        return 1.0
+    return config.batch_size / (1024 * (1 + 1 / (1 - config.momentum)))
 
 
 def optimizer(network: torch.nn.Module, config: Config) -> torch.optim.SGD:
-    """SGD with momentum (Nesterov's with --nesterov) over ``parameter_groups``."""
+    """SGD with momentum (Nesterov's with --nesterov) over ``parameter_groups``. Under
+    --decoupled SGD's decay is weight_decay / learning_rate, so that the shrink of a step,
+    rate times decay, is weight_decay * rate_scale at the full schedule, whatever the rate."""
+    decay = config.weight_decay / config.learning_rate if config.decoupled else \
+        config.weight_decay
     return torch.optim.SGD(
-        parameter_groups(network, config.weight_decay, config.no_decay_bn_bias),
-        lr=config.learning_rate, momentum=config.momentum, nesterov=config.nesterov)
+        parameter_groups(network, decay, config.no_decay_bn_bias, config.bias_lr_scale),
+        lr=config.learning_rate * rate_scale(config), momentum=config.momentum,
+        nesterov=config.nesterov)
 
 
 def scaler(rt: Runtime) -> torch.amp.GradScaler:
