@@ -70,10 +70,11 @@ class MyModel:
         digest = fingerprint(x_train, y_train)
         return loop.fit(self, x_train, y_train, x_valid, y_valid, digest, resume, overwrite)
 
-    def check_resumable(self, resume, overwrite: bool = False) -> None:
-        """What can be refused about resuming before any data is read; this model's config adopts
-        what the checkpoint's run planned (a --budget_minutes run's epochs)."""
-        loop.open_resume(self, resume, overwrite)
+    def check_resumable(self, resume, overwrite: bool = False) -> dict:
+        """What can be refused about resuming before any data is read; return the checkpoint a
+        resume would start from. This model's config adopts what the checkpoint's run planned (a
+        --budget_minutes run's epochs)."""
+        return loop.open_resume(self, resume, overwrite)[1]
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor):
         """(what training minimizes, the cross-entropy it reports); see loop.objective."""

@@ -1,10 +1,6 @@
 """The speed options of issue 18 (airbench94's techniques, each a flag of its own): lookahead,
 alternating flip, translation, six-view test-time augmentation, a separate rate for batch-norm
 biases and the decoupled parametrisation; each exact under --resume."""
-import os
-import signal
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -16,9 +12,10 @@ from configure import Config
 from Model import MyModel
 from trainer.evaluation.evaluate import evaluate_batch
 from trainer.run import checkpoints, contents
-from trainer.training import lookahead, runtime, stop_requests
+from trainer.training import lookahead, runtime
 from trainer.training.batches import epoch_plan
 from trainer.training.runtime import Runtime, parameter_groups
+from test_training import pause_at_last_step_then_sigint
 
 
 def tiny_config(tmp_path, **overrides) -> Config:
@@ -40,21 +37,6 @@ def data(n: int, seed: int = 0):
 # --------------------------------------------------------------------------------------------
 # Every option exact under --resume
 
-def stop_after_step(monkeypatch, epoch: int, step: int) -> None:
-    """A real SIGINT just before step ``step`` of ``epoch``: that step runs, then interrupted.ckpt
-    is written."""
-    monkeypatch.setenv(Model.PAUSE_ENV, f"{epoch}:{step}")
-
-    def sigint_and_wait(stop, epoch, step):
-        os.kill(os.getpid(), signal.SIGINT)
-        deadline = time.monotonic() + 10
-        while stop.signum is None:
-            assert time.monotonic() < deadline, "SIGINT never reached the handler"
-            time.sleep(0.01)
-
-    monkeypatch.setattr(stop_requests, "wait_for_signal", sigint_and_wait)
-
-
 OPTIONS = {
     "lookahead": dict(lookahead=True, lookahead_every=2),
     "flip": dict(flip="alternating"),
@@ -72,7 +54,7 @@ def test_each_option_resumes_mid_epoch_bit_for_bit(tmp_path, monkeypatch, name):
     straight.train(x, y)
 
     modeldir = tmp_path / "split"
-    stop_after_step(monkeypatch, 2, 0)  # global step 3: between two lookahead updates
+    pause_at_last_step_then_sigint(monkeypatch, 2, 0)  # global step 3: between two lookahead updates
     with pytest.raises(Model.TrainingStopped) as stopped:
         tiny_model(modeldir, **options).train(x, y)
     ckpt = checkpoints.read_checkpoint(stopped.value.path, for_resume=True)

@@ -160,10 +160,9 @@ def _finished_history(run_config: Config, name: str, log):
     # A copy: it adopts a budget run's own plan.
     model = Model.MyModel(copy.copy(run_config), log=log)
     try:
-        model.check_resumable("latest")
+        ckpt = model.check_resumable("latest")
     except checkpoints.CheckpointError as e:
         raise checkpoints.CheckpointError(f"sweep value {name}: {e}") from None
-    _, ckpt = checkpoints.newest_resumable(run_config.modeldir, log=lambda *a: None)
     max_epoch = model.config.max_epoch
     if ckpt["epoch"] > max_epoch:
         raise checkpoints.CheckpointError(

@@ -76,12 +76,17 @@ def list_checkpoints(modeldir: str):
     return sorted(int(m.group(1)) for m in found if m)
 
 
+def is_checkpoint_name(name: str) -> bool:
+    """model-<epoch>.ckpt, model-best.ckpt or interrupted.ckpt."""
+    return bool(_CKPT_RE.match(name)) or name in (INTERRUPTED, BEST)
+
+
 def run_files(modeldir: str):
     """Names of the checkpoints a training run left in modeldir (temporaries not included)."""
     if not os.path.isdir(modeldir):
         return []
     return sorted(name for name in os.listdir(modeldir)
-                  if _CKPT_RE.match(name) or name in (INTERRUPTED, BEST))
+                  if is_checkpoint_name(name))
 
 
 def run_records(modeldir: str):
@@ -97,8 +102,7 @@ def _is_run_temporary(name: str) -> bool:
     clean_stale_temporaries)."""
     target = atomic.temporary_target(name)
     # Only the run's own files: a prediction being written beside them is not ours to touch.
-    return target is not None and (bool(_CKPT_RE.match(target))
-                                   or target in (INTERRUPTED, BEST) + RECORDS)
+    return target is not None and (is_checkpoint_name(target) or target in RECORDS)
 
 
 def clean_stale_temporaries(modeldir: str) -> None:

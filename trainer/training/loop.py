@@ -112,7 +112,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
         for key, value in budget.fit(model, images, labels, x_valid).items():
             setattr(cfg, key, value)  # the plan: the records below hold what runs
     with distributed.all_or_none(CheckpointError):
-        folder.start_records({"dataset": getattr(cfg, "dataset", "cifar10"),
+        folder.start_records({"dataset": cfg.dataset,
                               "data_dir": cfg.data_dir, "train_images": len(x_train),
                               "valid_images": 0 if x_valid is None else len(x_valid),
                               "processes": model.dist.world_size}, model.history)
