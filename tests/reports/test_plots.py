@@ -274,6 +274,7 @@ def test_extreme_losses_a_run_can_record_are_drawn(tmp_path):
 
 
 def test_plot_mode_refuses_an_impossible_metrics_file_in_one_sentence(tmp_path):
+    pytest.importorskip("matplotlib")  # without it, --mode plot says so first
     from cli_tools import run_main
     write_text(tmp_path, HEADER + GOOD + "2,0.1,1e308,0.5,1.1,0.45,12.5,3600\n")
     r = run_main(["--mode", "plot", "--modeldir", str(tmp_path)])

@@ -174,6 +174,7 @@ def test_a_budget_too_small_for_one_epoch_is_refused(data_dir, tmp_path):
 # Checked before training, not after (item 19)
 
 def test_a_tensorboard_path_that_is_a_file_is_refused_before_training(data_dir, tmp_path):
+    pytest.importorskip("tensorboard")  # without it, --tensorboard says so first (tested elsewhere)
     (tmp_path / "tb").write_text("a file\n")
     result = run_main(["--mode", "train"] + flags(data_dir, tmp_path / "m", "--max_epoch", 1,
                                                   "--tensorboard", tmp_path / "tb"))
