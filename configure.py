@@ -27,7 +27,17 @@ NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn", "resnet9", "airbenc
 RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate": 0.2,
                "nesterov": True, "weight_decay": 5e-4, "no_decay_bn_bias": True,
                "label_smoothing": 0.1, "normalize": "dataset", "amp": "bf16", "max_epoch": 15}
-RECIPES = {"course": {}, "fast": RECIPE_FAST}
+# --recipe speed: airbench94's recipe (Jordan 2024, arXiv 2404.00498, legacy/airbench94.py) on its
+# whitened convnet, with the width chosen for --budget_minutes (width_scale 0: see
+# trainer/training/sizing.py) and its six-view test-time augmentation the default of --mode test
+# and predict for the checkpoints it makes.
+RECIPE_SPEED = {"network": "airbench", "width_scale": 0.0, "whiten": True, "batch_size": 1024,
+                "decoupled": True, "learning_rate": 11.5, "weight_decay": 0.0153,
+                "momentum": 0.85, "nesterov": True, "bias_lr_scale": 64.0,
+                "label_smoothing": 0.2, "lr_schedule": "triangle", "lookahead": True,
+                "flip": "alternating", "translate": 2, "pad_mode": "reflect",
+                "normalize": "dataset", "tta": "six", "max_epoch": 10}
+RECIPES = {"course": {}, "fast": RECIPE_FAST, "speed": RECIPE_SPEED}
 # Keys that shape some networks only (NetWork.build_network ignores them elsewhere): as flags they
 # are refused where they do not apply, and a checkpoint's value of them is not compared there.
 NETWORK_SPECIFIC = {"resnet_version": ("resnet",), "resnet_size": ("resnet",),
@@ -91,7 +101,8 @@ class Config:
                                    "course networks only (resnet9 has ReLU, airbench GELU)",
                            choices=("relu", "swish"))
     width_scale: float = _opt(1.0, "resnet9/airbench: every width times this, rounded (1: the "
-                                   "published 64/128/256/512 and 64/256/256)")
+                                   "published 64/128/256/512 and 64/256/256; 0: chosen for "
+                                   "--budget_minutes by the measured speed, 1 without a budget)")
     whiten: bool = _opt(False, "airbench: set the first layer's 12 filters (and their negatives) "
                                "from the covariance of the training images' 2x2 patches before a "
                                "fresh run, and keep them fixed (airbench94)")
@@ -112,9 +123,12 @@ class Config:
                                             "iterations, about 91 and 137 epochs)", nargs="*")
     lr_decay_factor: float = _opt(0.1, "learning-rate multiplier at each decay epoch (paper: 0.1)")
     lr_schedule: str = _opt("step", "step (decay at lr_decay_epochs, paper), cosine (to 0 at the "
-                                    "end), or onecycle (linear rise over the warm-up, 30%% of the "
-                                    "run without one, then linear fall to 0); set every step",
-                            choices=("step", "cosine", "onecycle"))
+                                    "end), onecycle (linear rise over the warm-up, 30%% of the "
+                                    "run without one, then linear fall to 0), or triangle "
+                                    "(airbench94's: from 0.2 x the rate up to it over the "
+                                    "warm-up, 23%% of the run without one, then down to 0.07 x "
+                                    "it); set every step",
+                            choices=("step", "cosine", "onecycle", "triangle"))
     warmup_epochs: float = _opt(0.0, "epochs (may be fractional) of linear warm-up from 0 to "
                                      "learning_rate, step by step")
     nesterov: bool = _opt(False, "Nesterov momentum")
@@ -141,14 +155,20 @@ class Config:
     ema: float = _opt(0.0, "keep an exponential moving average of the weights with this decay "
                            "(e.g. 0.999) and validate, test and predict with it (0: off)")
     max_epoch: int = _opt(200, "epochs to train (course skeleton: 200; paper: 64k iterations, ~182)")
+    final_epoch_share: float = _opt(1.0, "share of its steps the last epoch trains: a "
+                                         "--budget_minutes plan sets it to spend the budget "
+                                         "(1: the whole epoch)")
     save_interval: int = _opt(10, "write a checkpoint every this many epochs (and at the last one)")
     seed: int = _opt(0, "seed of the initial weights, the batch order and the augmentation "
                         "(0 to 2**63 - 1)")
     recipe: str = _opt("course", "a named set of defaults that explicit flags override: course "
-                                 "(the paper's and the course's, as listed here) or fast (the "
-                                 "best short recipe measured, see BENCHMARKS.md): "
-                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_FAST.items()),
-                       choices=("course", "fast"))
+                                 "(the paper's and the course's, as listed here), fast (the "
+                                 "best short ResNet-20 recipe measured, see BENCHMARKS.md: "
+                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_FAST.items())
+                                 + "), or speed (the most accurate model for --budget_minutes: "
+                                 "airbench94's recipe, its width chosen for the budget: "
+                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_SPEED.items()) + ")",
+                       choices=("course", "fast", "speed"))
     budget_minutes: float = _opt(0.0, "fit the run into this many minutes of wall time, "
                                       "validation included: time the first steps, then set "
                                       "max_epoch and stretch the schedule to match (0: off)")
@@ -181,7 +201,10 @@ class Config:
     channels_last: str = _opt("auto", "channels-last memory format: auto (on), on, off "
                                       "(measured faster on CPU and on GPU)", choices=("auto", "on", "off"))
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA where supported, else fp16 with a "
-                            "gradient scaler; off on CPU/MPS), bf16, fp16, off",
+                            "gradient scaler; on a CPU, a new training run times a few bf16 and "
+                            "fp32 steps of its network and keeps the faster, which config.json "
+                            "and the checkpoints store and a resume keeps; off on MPS, and when "
+                            "testing or predicting on a CPU), bf16, fp16, off",
                     choices=("auto", "bf16", "fp16", "off"))
     compile: bool = _opt(False, "torch.compile the network (opt-in: slow to start)")
     cudnn_benchmark: bool = _opt(True, "let cuDNN pick the fastest convolution algorithms (CUDA only)")
@@ -245,9 +268,14 @@ class Config:
             raise ConfigError(f"--weight_decay must be zero or positive, not {self.weight_decay}.")
         if not self.l1 >= 0:
             raise ConfigError(f"--l1 must be zero or positive, not {self.l1}.")
-        if self.lr_schedule not in ("step", "cosine", "onecycle"):
-            raise ConfigError(f"--lr_schedule must be step, cosine or onecycle, not "
+        if self.lr_schedule not in ("step", "cosine", "onecycle", "triangle"):
+            raise ConfigError(f"--lr_schedule must be step, cosine, onecycle or triangle, not "
                               f"{self.lr_schedule!r}.")
+        if isinstance(self.final_epoch_share, bool) or \
+                not isinstance(self.final_epoch_share, (int, float)) or \
+                not 0 < self.final_epoch_share <= 1:
+            raise ConfigError(f"--final_epoch_share must be in (0, 1], not "
+                              f"{self.final_epoch_share!r}.")
         if not 0 <= self.warmup_epochs < self.max_epoch:
             if self.from_recipe("warmup_epochs") and self.warmup_epochs >= 0:
                 raise ConfigError(f"--recipe {self.recipe} warms up for {self.warmup_epochs:g} "
@@ -279,9 +307,9 @@ class Config:
             raise ConfigError(f"--dist_timeout must be a positive number of seconds, not "
                               f"{self.dist_timeout}.")
         if isinstance(self.width_scale, bool) or not isinstance(self.width_scale, (int, float)) \
-                or not 0 < self.width_scale < math.inf:
-            raise ConfigError(f"--width_scale must be a positive number (1: the published widths), "
-                              f"not {self.width_scale!r}.")
+                or not 0 <= self.width_scale < math.inf:
+            raise ConfigError(f"--width_scale must be a positive number (1: the published widths; "
+                              f"0: chosen for --budget_minutes), not {self.width_scale!r}.")
         if not 0 <= self.budget_minutes <= MAX_BUDGET_MINUTES:
             raise ConfigError(f"--budget_minutes must be zero (none) or positive, and at most "
                               f"{MAX_BUDGET_MINUTES} (a year), not {self.budget_minutes:g}.")
@@ -315,7 +343,7 @@ class Config:
         rather than a flag the user never gave, and a time budget can scale the recipe's warm-up.
         """
         if self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe must be course or fast, not {self.recipe!r}.")
+            raise ConfigError(f"--recipe must be course, fast or speed, not {self.recipe!r}.")
         self._recipe_keys = frozenset(k for k in RECIPES[self.recipe] if k not in explicit)
         for key in self._recipe_keys:
             setattr(self, key, RECIPES[self.recipe][key])
@@ -354,7 +382,7 @@ RUN_DEFINING_KEYS: List[str] = [
     "width_scale", "whiten",
     "batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_decay_epochs",
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
-    "lr_schedule", "warmup_epochs", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
+    "lr_schedule", "warmup_epochs", "final_epoch_share", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
     "sync_bn", "bias_lr_scale", "decoupled", "lookahead", "lookahead_decay", "lookahead_every",
     "translate", "flip",
 ]

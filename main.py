@@ -78,6 +78,15 @@ _resume_value = _number_or("latest", "a checkpoint number")
 _checkpoint_value = _number_or("best", "a checkpoint number or best")
 
 
+class _Folders(argparse.Action):
+    """--modeldir F [F ...]: the first folder is the configuration's modeldir (a string, as every
+    mode uses it); all of them, for --mode plot to compare, go to ``modeldirs``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0])
+        namespace.modeldirs = list(values)
+
+
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The command line. With suppress_defaults, parsing yields only the flags actually given."""
     parser = argparse.ArgumentParser(
@@ -87,8 +96,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--mode", choices=("train", "test", "predict", "plot", "sweep"),
                      default="train",
                      help="train a network, test saved checkpoints, predict a private set, plot "
-                          "<modeldir>/curves.png from its metrics.csv, or train once per value "
-                          "of --sweep")
+                          "<modeldir>/curves.png from its metrics.csv (compare.png of several "
+                          "--modeldir), or train once per value of --sweep")
     run.add_argument("--sweep", nargs="+", action="append", metavar="KEY_OR_VALUE",
                      help="sweep: a configuration key and its values, e.g. --sweep learning_rate "
                           "0.1 0.01; give it twice for a grid")
@@ -98,7 +107,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                           "modeldir when N is left out")
     run.add_argument("--overwrite", action="store_true", default=None,
                      help="train: delete the checkpoints of an earlier run in modeldir and start "
-                          "anew (without it such a folder is refused)")
+                          "anew (without it such a folder is refused); plot with several "
+                          "--modeldir: replace an existing compare.png and compare.csv")
     run.add_argument("--checkpoints", type=_checkpoint_value, nargs="+", metavar="N",
                      help="test: checkpoint numbers to evaluate, or best (default: the newest)")
     run.add_argument("--json", metavar="PATH",
@@ -130,9 +140,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                                    default=argparse.SUPPRESS, help=f"turn {f.name} off")
             continue
         kind = type(f.default) if not isinstance(f.default, tuple) else int
-        cfg.add_argument(f"--{f.name}", type=kind, help=meta["help"],
+        several = f.name == "modeldir"  # --mode plot compares several runs
+        cfg.add_argument(f"--{f.name}", type=kind, action=_Folders if several else "store",
+                         help=meta["help"] + ("; --mode plot takes several, to compare their "
+                                              "runs in compare.png" if several else ""),
                          default=argparse.SUPPRESS if suppress_defaults else f.default,
-                         choices=meta.get("choices"), nargs=meta.get("nargs"),
+                         choices=meta.get("choices"), nargs="+" if several else meta.get("nargs"),
                          metavar=None if meta.get("choices") else f.name.upper())
     return parser
 
@@ -141,6 +154,11 @@ def explicit_flags(argv) -> set:
     """The configuration fields a command line sets itself (not left at their defaults)."""
     parsed, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
     return {f.name for f in dataclasses.fields(Config)} & set(vars(parsed))
+
+
+def _modeldirs(args) -> list:
+    """The --modeldir folders given, or the one of args.modeldir (its default) when none was."""
+    return getattr(args, "modeldirs", None) or [args.modeldir]
 
 
 def config_from_args(args) -> Config:
@@ -152,7 +170,7 @@ def run_train(config: Config, args) -> int:
         raise ConfigError("--overwrite with --resume alone has nothing to overwrite: give --resume "
                           "N --overwrite to train again from checkpoint N, dropping the later "
                           "ones, or drop --overwrite.")
-    announce(config)
+    announce(config, writes_record=True)
     train.train_run(config, args.resume, bool(args.overwrite), started=STARTED,
                     context=args.context)
     return 0
@@ -189,16 +207,25 @@ def run_sweep(config: Config, args) -> int:
 
 
 def run_plot(config: Config, args) -> int:
-    plot.plot_run(config)
+    if len(args.modeldirs) > 1:
+        plot.compare_runs(args.modeldirs, overwrite=bool(args.overwrite))
+    else:
+        plot.plot_run(config)
     return 0
 
 
 def _check_mode_flags(args) -> None:
+    comparing = args.mode == "plot" and len(args.modeldirs) > 1
     for name, modes in {**MODE_FLAGS, **MODE_FIELDS}.items():
         given = name in args.explicit if name in MODE_FIELDS else getattr(args, name) is not None
+        if name == "overwrite" and comparing:
+            continue  # it replaces compare.png and compare.csv
         if given and args.mode not in modes:
             raise ConfigError(f"--{name} applies to --mode {' or '.join(modes)} only; drop it or "
                               f"use --mode {modes[0]}.")
+    if len(args.modeldirs) > 1 and args.mode != "plot":
+        raise ConfigError(f"--modeldir takes several folders with --mode plot only (to compare "
+                          f"their runs); give --mode {args.mode} one folder.")
     for name in ("json", "output", "private_data"):
         if getattr(args, name) == "":
             raise ConfigError(f"--{name} is empty; give it the path of a file, or drop it.")
@@ -214,6 +241,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(sys.argv[1:] if argv is None else argv)
+    args.modeldirs = _modeldirs(args)
     config = config_from_args(args)
 
     args.context = distributed.SINGLE

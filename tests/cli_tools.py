@@ -14,7 +14,7 @@ TIMEOUT = 300  # seconds; generous, the runs below take a few seconds each
 
 # A ResNet-8 with 4 filters on CPU: a few seconds per run, import of torch included.
 TINY = ["--resnet_size", "1", "--first_num_filters", "4", "--batch_size", "8", "--device", "cpu",
-        "--no_download", "--eval_batch_size", "64"]
+        "--no_download", "--eval_batch_size", "64", "--amp", "off"]
 
 
 def main_cmd(args):

@@ -42,7 +42,7 @@ class Workspace:
 
     def config(self) -> Config:
         return Config(resnet_size=1, first_num_filters=4, device="cpu", modeldir=self.modeldir,
-                      eval_batch_size=64)
+                      eval_batch_size=64, amp="off")
 
     def path(self, *parts) -> str:
         return os.path.join(self.root, *parts)

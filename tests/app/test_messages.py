@@ -121,7 +121,7 @@ def test_a_checkpoint_is_not_refused_over_a_key_its_network_ignores(data_dir, tm
     x, y = make_batch(24, np.random.default_rng(0))
     config = Config(network="simple_nn", downsample="a", shortcut="pad", resnet_size=7,
                     max_epoch=1, batch_size=8, device="cpu", modeldir=str(tmp_path / "old"),
-                    lr_decay_epochs=())
+                    lr_decay_epochs=(), amp="off")
     MyModel(config, log=lambda *a: None).train(x, y)
     rc, err = run(capsys, "--mode", "test", *flags(data_dir, tmp_path / "old"))
     assert rc == 0, err

@@ -12,6 +12,9 @@ from trainer.app import sweep
 from cifar_files import write_cifar, write_cifar100
 from cli_tools import TINY, snapshot
 from configure import ConfigError
+from trainer.reports import plots
+
+COMPARE_PNG = ["compare.png"] if plots.matplotlib_available() else []  # a sweep draws it
 
 
 @pytest.fixture
@@ -69,8 +72,16 @@ def test_a_sweep_trains_each_value_records_a_failure_and_resumes(tmp_path, cifar
     modeldir = str(tmp_path / "sweep")
     flags = sweep_flags(cifar, modeldir, "--sweep", "learning_rate", "0.1", "1e30",
                         max_epoch="2")
-    assert run(flags, capsys)[0] == 0
-    assert sorted(os.listdir(modeldir)) == ["learning_rate=0.1", "learning_rate=1e+30", "sweep.csv"]
+    rc, out, _ = run(flags, capsys)
+    assert rc == 0
+    assert sorted(os.listdir(modeldir)) == sorted(["learning_rate=0.1", "learning_rate=1e+30",
+                                                   "sweep.csv"] + COMPARE_PNG)
+    if COMPARE_PNG:  # the values' validation curves in one picture
+        assert f"wrote {os.path.join(modeldir, 'compare.png')}" in out
+        with open(os.path.join(modeldir, "compare.png"), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "compare.png not drawn: matplotlib is not installed" in out
     rows = read_csv(modeldir)
     assert [r["learning_rate"] for r in rows] == ["0.1", "1e+30"]
     assert rows[0]["status"] == "done" and rows[0]["best_epoch"] in ("1", "2")
@@ -281,4 +292,4 @@ def test_sweep_csv_holds_each_value_exactly_as_its_folder_name(tmp_path, cifar, 
     assert written == ["0.1234567", "0.1234568", "1000000.0"]
     assert [float(w) for w in written] == [float(v) for v in values]
     assert sorted(os.listdir(modeldir)) == sorted([f"learning_rate={w}" for w in written]
-                                                  + ["sweep.csv"])
+                                                  + ["sweep.csv"] + COMPARE_PNG)

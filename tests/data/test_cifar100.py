@@ -476,7 +476,10 @@ def test_test_mode_on_cifar100(runs, tmp_path, capsys, label_mode, classes):
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "error" not in err
-    assert "dataset=cifar100" in out and f"num_classes={classes}" in out
+    # The start line: the data set taken over, and the classes that follow from it not repeated.
+    words = out.splitlines()[0].split()
+    assert "dataset=cifar100" in words and "num_classes=" not in out
+    assert ("label_mode=coarse" in words) == (label_mode == "coarse")
     rows = [line for line in out.splitlines() if "model-1.ckpt" in line and "50.00" in line]
     assert rows and re.search(rf"\b{N_TEST}\b", rows[0]), out
 

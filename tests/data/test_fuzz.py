@@ -406,7 +406,8 @@ def test_private_npys_with_flipped_bytes_are_refused_or_sane(tmp_path, which):
 
 def _tiny_config(modeldir, **changes):
     values = dict(resnet_size=1, first_num_filters=4, batch_size=8, max_epoch=1, save_interval=1,
-                  lr_decay_epochs=(), device="cpu", modeldir=str(modeldir), eval_batch_size=64)
+                  lr_decay_epochs=(), device="cpu", modeldir=str(modeldir), eval_batch_size=64,
+                  amp="off")  # fp32: --amp auto would time bf16
     values.update(changes)
     return Config(**values)
 

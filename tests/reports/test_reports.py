@@ -23,7 +23,8 @@ HEADER = ["epoch", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc", "
 
 def tiny_config(modeldir, **overrides) -> Config:
     values = dict(resnet_size=1, first_num_filters=4, batch_size=8, max_epoch=3, save_interval=1,
-                  lr_decay_epochs=(2,), device="cpu", modeldir=str(modeldir), eval_batch_size=64)
+                  lr_decay_epochs=(2,), device="cpu", modeldir=str(modeldir), eval_batch_size=64,
+                  amp="off")  # fp32: --amp auto would time bf16
     values.update(overrides)
     return Config(**values)
 

@@ -155,7 +155,7 @@ def test_config_json_of_a_budget_run_records_the_plan(tmp_path, monkeypatch):
     x, y = make_batch(32, np.random.default_rng(0))
     config = Config(resnet_size=1, first_num_filters=4, batch_size=8, device="cpu",
                     modeldir=str(tmp_path / "budget"), eval_batch_size=64, budget_minutes=1.0,
-                    lr_decay_epochs=(100, 150))
+                    lr_decay_epochs=(100, 150), amp="off")
     MyModel(config, log=lambda *a: None).train(x[:24], y[:24], x[24:], y[24:])
     recorded = json.loads((tmp_path / "budget" / "config.json").read_text())["config"]
     newest = load(tmp_path / "budget" / "model-3.ckpt")

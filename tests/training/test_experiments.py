@@ -14,7 +14,8 @@ from trainer.evaluation.evaluate import logits as logits_of
 
 def tiny_config(modeldir, **overrides) -> Config:
     values = dict(resnet_size=1, first_num_filters=4, batch_size=8, max_epoch=1, save_interval=1,
-                  lr_decay_epochs=(), device="cpu", modeldir=str(modeldir), eval_batch_size=64)
+                  lr_decay_epochs=(), device="cpu", modeldir=str(modeldir), eval_batch_size=64,
+                  amp="off")  # fp32: --amp auto would time bf16
     values.update(overrides)
     return Config(**values)
 

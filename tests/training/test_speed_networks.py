@@ -27,7 +27,7 @@ def smooth_images(n: int, seed: int = 0):
 def airbench_config(modeldir, **overrides) -> Config:
     values = dict(network="airbench", width_scale=0.125, whiten=True, batch_size=8, max_epoch=1,
                   save_interval=100, lr_decay_epochs=(), device="cpu", modeldir=str(modeldir),
-                  eval_batch_size=64)
+                  eval_batch_size=64, amp="off")  # fp32: --amp auto would time bf16
     values.update(overrides)
     return Config(**values)
 
@@ -154,7 +154,7 @@ def test_resnet9_trains_and_its_loss_falls(tmp_path):
     x, y = smooth_images(16)
     config = Config(network="resnet9", width_scale=0.125, batch_size=16, max_epoch=8,
                     learning_rate=0.05, save_interval=100, lr_decay_epochs=(), device="cpu",
-                    modeldir=str(tmp_path), eval_batch_size=64)
+                    modeldir=str(tmp_path), eval_batch_size=64, amp="off")
     history = MyModel(config, log=lambda *a: None).train(x, y)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 

@@ -21,7 +21,7 @@ from test_training import pause_at_last_step_then_sigint
 def tiny_config(tmp_path, **overrides) -> Config:
     values = dict(resnet_size=1, first_num_filters=4, batch_size=8, max_epoch=3, save_interval=100,
                   lr_decay_epochs=(), device="cpu", modeldir=str(tmp_path / "model"),
-                  eval_batch_size=64)
+                  eval_batch_size=64, amp="off")  # fp32: --amp auto would time bf16
     values.update(overrides)
     return Config(**values).validate()
 

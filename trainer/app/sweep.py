@@ -7,7 +7,8 @@ is checked before anything trains. A run that fails (a loss that diverges, a bat
 data, say) is recorded as failed with its reason and the sweep goes on. With ``--resume`` finished
 runs are skipped and an interrupted one continues; a folder trained with other flags is refused,
 so that one table never mixes runs. At the end a table is printed and written to
-``<modeldir>/sweep.csv``, each value written exactly as its folder names it.
+``<modeldir>/sweep.csv``, each value written exactly as its folder names it, and, with matplotlib,
+``<modeldir>/compare.png`` draws every value's validation accuracy and loss.
 """
 import copy
 import csv
@@ -19,6 +20,8 @@ import os
 import DataReader
 import Model
 from configure import Config, ConfigError
+from trainer.reports import compare
+from trainer.reports import plots
 from trainer.run import checkpoints
 from trainer.storage import atomic
 
@@ -220,7 +223,38 @@ def run(cli: dict, explicit, sweeps, resume: bool, overwrite: bool, train, log=p
             rows.append(dict(combo, status=f"failed: {e}", best_valid_acc=None, best_epoch=None,
                              final_train_loss=None, seconds=None))
     _write(cli["modeldir"], [k for k, _ in sweeps], rows)
+    draw_comparison(cli["modeldir"], [run_config.modeldir for _, run_config in runs],
+                    [folder_name(combo) for combo, _ in runs], resume or overwrite, log)
     return rows
+
+
+def draw_comparison(modeldir: str, folders: list, labels: list, replace: bool, log=print) -> None:
+    """Draw ``<modeldir>/compare.png``: each value's validation accuracy and loss, labelled
+    key=value. Never a failure of the sweep: without matplotlib, values with no finished epoch, a
+    compare.png not this sweep's (kept unless ``replace``: --resume or --overwrite) or a picture
+    that cannot be written, it logs one note and draws what it can."""
+    path = os.path.join(modeldir, compare.COMPARE_PNG)
+    if not plots.matplotlib_available():
+        log(f"note: {compare.COMPARE_PNG} not drawn: matplotlib is not installed "
+            f"({plots.INSTALL_HINT}).")
+        return
+    if os.path.lexists(path) and not replace:
+        log(f"note: {path} already exists and is not this sweep's; left as it is.")
+        return
+    runs, drawn_labels = [], []
+    for folder, label in zip(folders, labels):
+        try:
+            runs.append(compare.read_run(folder))
+        except plots.PlotError:  # a value that failed before its first epoch has nothing to draw
+            continue
+        drawn_labels.append(label)
+    if not runs:
+        log(f"note: {compare.COMPARE_PNG} not drawn: no value finished an epoch.")
+        return
+    try:
+        log(f"wrote {plots.draw_comparison(path, *compare.lines_to_draw(runs, drawn_labels))}")
+    except plots.PlotError as e:
+        log(f"note: {compare.COMPARE_PNG} not drawn: {e}")
 
 
 def _cell(value) -> str:

@@ -102,5 +102,5 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
 def sweep_train(run_config: Config, resume, overwrite: bool) -> list:
     """One run of a sweep, as sweep.run calls it: its own configuration printed (recipe and
     derived values resolved) and the whole --budget_minutes, counted from its own start."""
-    announce(run_config)
+    announce(run_config, writes_record=True)
     return train_run(run_config, resume, overwrite, started=time.monotonic())

@@ -1,4 +1,5 @@
-"""Training curves: ``<modeldir>/curves.png`` drawn from ``<modeldir>/metrics.csv``.
+"""Training curves: ``<modeldir>/curves.png`` drawn from ``<modeldir>/metrics.csv``, and a
+run comparison (``compare.png``, one line per run; trainer.reports.compare reads the runs).
 
 Two panels: loss against epoch and accuracy (in percent) against epoch, train and validation
 (validation only where the run had some), with a dashed line where a step schedule decays the
@@ -46,6 +47,11 @@ def matplotlib_available() -> bool:
     except MatplotlibMissing:
         return False
     return True
+
+
+def require_matplotlib() -> None:
+    """MatplotlibMissing, saying how to install it, unless matplotlib can draw."""
+    _matplotlib()
 
 
 def _matplotlib():
@@ -267,3 +273,38 @@ def draw_weights(modeldir: str, magnitudes, checkpoint_name: str) -> str:
 def _save_png(figure, path: str) -> str:
     atomic.write(path, figure, lambda fig, f: fig.savefig(f, format="png"), PlotError)
     return path
+
+
+def comparison_figure(lines: list, validation: bool = True):
+    """Two panels, accuracy (in percent) and loss against epoch, one line per run: ``lines`` is
+    [(label, read_metrics' rows)]. Validation numbers, or with ``validation`` False the training
+    ones; each run over its own epochs."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+    figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    acc_axes, loss_axes = figure.subplots(1, 2)
+    split = "valid" if validation else "train"
+    words = "validation" if validation else "training"
+    for label, rows in lines:
+        epochs = [row["epoch"] for row in rows]
+        marker = "o" if len(rows) <= 30 else None
+        acc_axes.plot(epochs, _series(rows, f"{split}_acc", 100.0), marker=marker, markersize=3,
+                      label=label)
+        loss_axes.plot(epochs, _series(rows, f"{split}_loss"), marker=marker, markersize=3,
+                       label=label)
+    for axes, ylabel in ((acc_axes, f"{words} accuracy (%)"),
+                         (loss_axes, f"{words} loss (cross-entropy)")):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        axes.grid(alpha=0.3)
+        axes.legend(loc="best", fontsize=8)
+    figure.suptitle(f"{len(lines)} runs compared: {words} accuracy and loss")
+    return figure
+
+
+def draw_comparison(path: str, lines: list, validation: bool = True) -> str:
+    """Draw comparison_figure(lines, validation) to path (a PNG, written atomically); return it."""
+    _matplotlib()
+    return _save_png(comparison_figure(lines, validation), path)

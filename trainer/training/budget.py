@@ -2,11 +2,14 @@
 
 The run's first moments time a few training steps (on a copy of the network, so the run itself is
 untouched), a validation batch and a checkpoint's serialization; ``plan_epochs`` turns those into
-the whole epochs that fit into what is left, and ``planned_changes`` gives the configuration values
-that change with it: max_epoch, the step schedule's decay epochs (moved to the same fractions of
-the shorter or longer run by ``stretch_decay_epochs``) and a recipe's warm-up (scaled likewise).
-The other schedules span max_epoch by themselves.
+the epochs that fit into what is left (the last one may be a share of an epoch, so that the budget
+is spent rather than left over), and ``planned_changes`` gives the configuration values that change
+with it: max_epoch and final_epoch_share, the step schedule's decay epochs (moved to the same
+fractions of the shorter or longer run by ``stretch_decay_epochs``) and a recipe's warm-up (scaled
+likewise). The other schedules span the run by themselves. Once the first epoch has run, ``replan``
+plans the rest again from its real time (``fit`` times only a few steps).
 """
+import math
 import copy
 import io
 import time
@@ -22,38 +25,93 @@ from trainer.training.runtime import rate_scale
 from configure import ConfigError
 
 
+MIN_EPOCHS = 0.1  # a plan shorter than this share of an epoch is refused
+MIN_SHARE = 0.05  # a last epoch shorter than this share is dropped rather than begun
+
+
 def plan_epochs(budget_seconds: float, spent_seconds: float, train_seconds_per_epoch: float,
                 eval_seconds_per_epoch: float, save_seconds: float = 0.0,
-                margin: float = 0.03) -> int:
-    """Whole epochs that fit into what is left of a wall-time budget: (budget - spent), less a
-    ``margin`` share kept in hand, divided by the time of one epoch (training, validation and a
-    checkpoint); 0 when not even one fits."""
+                margin: float = 0.02) -> float:
+    """Epochs that fit into what is left of a wall-time budget, (budget - spent) less a ``margin``
+    share kept in hand: as many whole epochs (training, validation and a checkpoint) as fit, and
+    then the share of one more epoch's training that fits beside its validation and checkpoint
+    (rounded down to 1/1000); 0 when nothing fits."""
     per_epoch = train_seconds_per_epoch + eval_seconds_per_epoch + save_seconds
-    left = (budget_seconds - spent_seconds) * (1 - margin)
-    if per_epoch <= 0:
+    if per_epoch <= 0 or train_seconds_per_epoch <= 0:
         raise ValueError("an epoch must take some time")
-    return max(0, int(left // per_epoch))
+    left = (budget_seconds - spent_seconds) * (1 - margin)
+    if left <= 0:
+        return 0.0
+    whole = int(left // per_epoch)
+    rest = left - whole * per_epoch - eval_seconds_per_epoch - save_seconds
+    share = max(0.0, rest / train_seconds_per_epoch)
+    share = math.floor(share * 1000) / 1000
+    return float(whole) + (share if share >= MIN_SHARE else 0.0)
 
 
-def planned_changes(cfg, epochs: int, epoch_seconds: float) -> dict:
-    """The configuration values a plan of ``epochs`` epochs changes, from cfg as the command line
-    made it: max_epoch, the step schedule's decay epochs, and a warm-up that came from a recipe
-    (scaled to the same share of the run). ConfigError when no epoch fits, or when an explicit
-    --warmup_epochs fills the whole plan."""
-    if epochs < 1:
+def split_epochs(epochs: float):
+    """(max_epoch, final_epoch_share) of a plan of ``epochs`` (possibly fractional) epochs."""
+    whole = max(1, math.ceil(epochs - 1e-9))
+    share = round(epochs - (whole - 1), 6)
+    return whole, min(1.0, share)
+
+
+def planned_changes(cfg, epochs: float, epoch_seconds: float) -> dict:
+    """The configuration values a plan of ``epochs`` (possibly fractional) epochs changes, from
+    cfg as the command line made it: max_epoch and final_epoch_share, the step schedule's decay
+    epochs, and a warm-up that came from a recipe (scaled to the same share of the run).
+    ConfigError when too little of an epoch fits, or when an explicit --warmup_epochs fills the
+    whole plan."""
+    if epochs < MIN_EPOCHS:
         raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves no time for one epoch "
-                          f"at the measured speed (an epoch takes about {epoch_seconds:.0f} s); "
-                          f"give more minutes.")
-    changes = {"max_epoch": epochs}
+                          f"at the measured speed, nor for a tenth of one (an epoch takes about "
+                          f"{epoch_seconds:.0f} s); give more minutes.")
+    whole, share = split_epochs(epochs)
+    changes = {"max_epoch": whole, "final_epoch_share": share}
     if cfg.lr_schedule == "step":
         changes["lr_decay_epochs"] = stretch_decay_epochs(cfg.lr_decay_epochs, cfg.max_epoch,
-                                                          epochs)
+                                                          whole)
     if cfg.from_recipe("warmup_epochs"):
         changes["warmup_epochs"] = cfg.warmup_epochs * epochs / cfg.max_epoch
     elif epochs <= cfg.warmup_epochs:
-        raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs} "
+        raise ConfigError(f"--budget_minutes {cfg.budget_minutes:g} leaves time for {epochs:g} "
                           f"epoch(s) at the measured speed, no more than --warmup_epochs "
                           f"{cfg.warmup_epochs:g}; give more minutes or fewer warm-up epochs.")
+    return changes
+
+
+def describe(changes: dict) -> str:
+    """'12.4 epochs (onecycle schedule, warm-up 1.6 epochs)' for a plan's changes."""
+    epochs = changes["max_epoch"] - 1 + changes["final_epoch_share"]
+    decay = f", decay after epochs {' '.join(map(str, changes['lr_decay_epochs']))}" \
+        if "lr_decay_epochs" in changes else ""
+    warmup = f", warm-up {changes['warmup_epochs']:.2g} epochs" if "warmup_epochs" in changes \
+        else ""
+    return f"{epochs:g} epochs{decay}{warmup}"
+
+
+def replan(model, base, train_seconds: float, other_seconds: float,
+           planned_seconds: float) -> dict:
+    """After the first epoch of a budget run planned in this process: the changes (as
+    ``planned_changes``) that fit the rest of the run into the budget at the first epoch's real
+    times, ``train_seconds`` of training and ``other_seconds`` of validation and checkpoint (the
+    checkpoint of the first epoch not yet written), against the ``planned_seconds`` the plan
+    expected an epoch to take; {} when the plan stands (the same length, or a new one that an
+    explicit warm-up would not fit). ``base``: the configuration as the command line made it,
+    before the first plan. Under torchrun every rank takes the slowest rank's plan."""
+    cfg = model.config
+    spent = time.monotonic() - model.started
+    rest = plan_epochs(cfg.budget_minutes * 60, spent, train_seconds, other_seconds)
+    rest = distributed.agree_min(int(rest * 1000), model.runtime.collective_device()) / 1000
+    epoch_seconds = train_seconds + other_seconds
+    epochs = 1 + rest
+    old = cfg.max_epoch - 1 + cfg.final_epoch_share
+    if abs(epochs - old) < 0.01 or (not base.from_recipe("warmup_epochs")
+                                    and epochs <= base.warmup_epochs):
+        return {}
+    changes = planned_changes(base, epochs, epoch_seconds)
+    model.log(f"budget {cfg.budget_minutes:g} min: epoch 1 took {epoch_seconds:.0f} s against "
+              f"{planned_seconds:.0f} s planned -> {describe(changes)} in all")
     return changes
 
 
@@ -70,10 +128,11 @@ def stretch_decay_epochs(decay_epochs, planned_from: int, planned_to: int):
     return tuple(stretched)
 
 
-def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
+def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
     """Time ``model``'s steps on its training images (on the device); return the configuration
     values (``planned_changes``) that fit the run into config.budget_minutes, counted from
-    model.started. The plan is printed. Under torchrun every rank takes the slowest rank's plan."""
+    model.started, and the times measured ({"epoch_seconds", "save_seconds"}, for ``replan``).
+    The plan is printed. Under torchrun every rank takes the slowest rank's plan."""
     cfg, ctx, rt = model.config, model.dist, model.runtime
     slices = batch_slices(len(labels), cfg.batch_size, ctx.rank, ctx.world_size)
     order, offsets, flips = (t.to(model.device) for t in epoch_plan(len(labels), 1, cfg.seed,
@@ -112,18 +171,15 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid) -> dict:
     epoch_seconds = step_seconds * len(slices) + eval_seconds + save_seconds
     epochs = plan_epochs(cfg.budget_minutes * 60, spent, step_seconds * len(slices), eval_seconds,
                          save_seconds)
-    epochs = distributed.agree_min(epochs, rt.collective_device())  # the slowest rank's
+    # The slowest rank's, in thousandths of an epoch.
+    epochs = distributed.agree_min(int(round(epochs * 1000)), rt.collective_device()) / 1000
     changes = planned_changes(cfg, epochs, epoch_seconds)
-    decay = f", decay after epochs {' '.join(map(str, changes['lr_decay_epochs']))}" \
-        if "lr_decay_epochs" in changes else ""
-    warmup = f", warm-up {changes['warmup_epochs']:.2g} epochs" if "warmup_epochs" in changes \
-        else ""
     model.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
               f"{step_seconds * 1000:.0f} ms per step x {len(slices)} steps = "
               f"{step_seconds * len(slices):.0f} s per epoch, validation {eval_seconds:.1f} s, "
-              f"checkpoint {save_seconds:.1f} s -> {epochs} epochs ({cfg.lr_schedule} "
-              f"schedule{decay}{warmup})")
-    return changes
+              f"checkpoint {save_seconds:.1f} s -> {describe(changes)} ({cfg.lr_schedule} "
+              f"schedule)")
+    return changes, {"epoch_seconds": epoch_seconds, "save_seconds": save_seconds}
 
 
 def _synchronize(device: torch.device) -> None:

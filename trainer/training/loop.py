@@ -11,6 +11,7 @@ The functions take a ``model``: anything with the ``config``, ``dist``, ``log``,
 ``history``, ``epochs_trained``, ``epoch_callbacks`` and ``validate`` of Model.MyModel, which they
 train.
 """
+import copy
 import math
 import signal
 import time
@@ -27,7 +28,7 @@ from trainer.parallel import distributed
 from trainer.run import state
 from trainer.run.checkpoints import CheckpointError, list_checkpoints
 from trainer.run.folder import RunFolder
-from trainer.training import budget, runtime, schedules, stop_requests, whitening
+from trainer.training import budget, precision, runtime, schedules, stop_requests, whitening
 from trainer.training.batches import batch_slices, epoch_plan, global_batch_sizes
 
 
@@ -57,6 +58,11 @@ def open_resume(model, resume, overwrite: bool = False, data_digest: str = None)
                                    data_digest)
     for key, value in adopted.items():
         setattr(cfg, key, value)
+    if cfg.amp == "auto" and model.runtime.device.type == "cpu":
+        # The run chose its precision when it began (choose_amp): it keeps it, not measured
+        # again. A checkpoint from before that choice (auto) ran at full precision on a CPU.
+        stored = ckpt["config"].get("amp")
+        set_amp(model, stored if stored in ("bf16", "off") else "off")
     later = state.later_files(resume, path, ckpt, overwrite, cfg.modeldir, cfg.max_epoch)
     return path, ckpt, later
 
@@ -67,6 +73,32 @@ def resume(model, resume, data_digest: str, overwrite: bool = False):
     path, ckpt, later = open_resume(model, resume, overwrite, data_digest)
     step, partial = state.restore(model, ckpt, path)
     return step, partial, later
+
+
+def set_amp(model, amp: str) -> None:
+    """Settle --amp at ``amp``: the config (which config.json and the checkpoints record) and
+    the precision the steps run in. The loss scaler needs no change: it only acts under fp16,
+    which ``amp`` is not here (bf16 or off)."""
+    model.config.amp = amp
+    model.runtime.amp_dtype = runtime.amp_dtype(amp, model.runtime.device)
+    model.amp_dtype = model.runtime.amp_dtype
+
+
+def choose_amp(model, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """--amp auto on a CPU, at a fresh run's start: time bf16 and fp32 steps of the network on
+    the first training images (uint8 on the device) and keep the faster (precision.choose);
+    log the choice and the flag that pins it. Under torchrun bf16 only if every rank found it
+    faster, so that all ranks train alike."""
+    rt = model.runtime
+    n = min(model.config.batch_size, precision.TIMING_IMAGES)
+    x = rt.prepare_images(images[:n], False)  # standardized; no crop or flip, no random draws
+    choice = precision.choose(model.network, rt, x, labels[:n])
+    amp = choice.amp
+    if model.dist.distributed:
+        everywhere = distributed.agree_min(int(amp == "bf16"), rt.collective_device())
+        amp = "bf16" if everywhere else "off"
+    set_amp(model, amp)
+    model.log(precision.describe(choice._replace(amp=amp)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,8 +140,13 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
 
     images = to_image_tensor(x_train).to(rt.device)  # (N, 3, 32, 32) uint8, once
     labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(rt.device)
+    if resume_from is None and cfg.amp == "auto" and rt.device.type == "cpu":
+        choose_amp(model, images, labels)  # before the budget, which times steps in it
+    base = timing = None  # a budget planned here: the configuration before its plan, its times
     if cfg.budget_minutes and model.epoch == 0 and start_step == 0:
-        for key, value in budget.fit(model, images, labels, x_valid).items():
+        base = copy.copy(cfg)
+        changes, timing = budget.fit(model, images, labels, x_valid)
+        for key, value in changes.items():
             setattr(cfg, key, value)  # the plan: the records below hold what runs
     with distributed.all_or_none(CheckpointError):
         folder.start_records({"dataset": cfg.dataset,
@@ -118,12 +155,17 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
                               "processes": model.dist.world_size}, model.history)
 
     with stop_requests.StopRequests(model.dist.distributed) as stop:
-        for epoch in range(model.epoch + 1, cfg.max_epoch + 1):
+        epoch = model.epoch
+        while epoch < cfg.max_epoch:  # a budget's replan may move max_epoch after epoch 1
+            epoch += 1
             metrics = train_one_epoch(model, epoch, images, labels, start_step, partial, stop,
                                       folder, digest, pause_at)
             start_step, partial = 0, None
+            began = time.perf_counter()
             if x_valid is not None and len(x_valid):
                 metrics["valid_acc"], metrics["valid_loss"] = model.validate(x_valid, y_valid)
+            if base is not None and epoch == 1 < cfg.max_epoch:
+                replan_after_first(model, base, timing, metrics, time.perf_counter() - began)
             best_before = max([m["valid_acc"] for m in model.history if "valid_acc" in m]
                               + ([] if best_kept is None else [best_kept]), default=None)
             model.epoch = epoch
@@ -146,6 +188,17 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
                             "run is not data-parallel; please report this.")
     distributed.barrier()
     return model.history
+
+
+def replan_after_first(model, base, timing: dict, metrics: dict, eval_seconds: float) -> None:
+    """Plan a budget run's remaining epochs again from its first epoch's real time (before that
+    epoch's checkpoint, which then holds the plan that runs). ``timing``: budget.fit's estimates."""
+    cfg = model.config
+    train = metrics["seconds"]  # the first epoch is whole: the plan ends later
+    changes = budget.replan(model, base, train, eval_seconds + timing["save_seconds"],
+                            timing["epoch_seconds"])
+    for key, value in changes.items():
+        setattr(cfg, key, value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,10 +228,11 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     seconds = float(partial.get("seconds", 0.0))
     model.network.train()
     start = time.perf_counter()
-    bar = tqdm(total=len(slices), initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
+    steps = schedules.epoch_steps(cfg, epoch, len(slices))  # fewer in a budget's last epoch
+    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
                leave=False, disable=bars_off(cfg, model.dist), unit="batch")
     lr = None
-    for step in range(start_step, len(slices)):
+    for step in range(start_step, steps):
         if pause_at == (epoch, step):
             stop_requests.wait_for_signal(stop, epoch, step)
         lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
@@ -206,7 +260,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
         model.scaler.update()
         if model.lookahead is not None:
             model.lookahead.after_step(model.network, (epoch - 1) * len(slices) + step + 1,
-                                       cfg.max_epoch * len(slices))
+                                       schedules.total_steps(cfg, len(slices)))
         if model.ema is not None:
             model.ema.update(model.network)
 
@@ -241,7 +295,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     rate = (seen - seen_before) / max(elapsed, 1e-9) if seen > seen_before else \
         seen / max(seconds + elapsed, 1e-9)
     if lr is None:  # resumed at the epoch's very end
-        lr = schedules.lr_at_step(cfg, epoch, len(slices) - 1, len(slices))
+        lr = schedules.lr_at_step(cfg, epoch, steps - 1, len(slices))
     return {"epoch": epoch, "lr": lr, "train_loss": loss_total / max(seen, 1),
             "train_acc": correct_total / max(seen, 1), "seconds": seconds + elapsed,
             "images_per_second": rate}
