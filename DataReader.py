@@ -9,6 +9,7 @@ This file says what is read; how it is read safely lives in ``trainer/data/``:
 * ``cifar.py``: batch and meta files, through the restricted unpickler of ``safe_pickle.py`` (no
   code from a file ever runs);
 * ``private.py``: a private ``.npy`` image set, its header checked before any pixel is read;
+* ``image_files.py``: a PNG/JPEG file or a folder of them as a private set (needs Pillow);
 * ``download.py`` and ``archive.py``: the official archive, found or fetched, MD5 checked,
   unpacked member by member.
 
@@ -25,14 +26,15 @@ from trainer.data.download import download_cifar10, download_dataset, ensure_cif
 from trainer.data.errors import DataError
 from trainer.data.layout import (CIFAR100, DATASETS, TRAIN_BATCHES, batch_folder, data_files, data_set,
                                  find_batch_folder, has_cifar10, has_dataset)
+from trainer.data.image_files import image_paths, is_image_source, read_image_files, to_rows
 from trainer.data.private import read_private_images
 
 # What other modules use from here besides the functions below: the error, the data sets, the
 # files a run must not write over, and making sure the data is on disk.
 __all__ = ["load_data", "class_names", "train_valid_split", "train_vaild_split", "fingerprint",
-           "load_testing_images", "DataError", "CIFAR100", "DATASETS",
-           "TRAIN_BATCHES", "data_files", "has_dataset", "has_cifar10", "ensure_dataset",
-           "ensure_cifar10", "download_dataset", "download_cifar10"]
+           "load_testing_images", "load_private_images", "private_files", "DataError", "CIFAR100",
+           "DATASETS", "TRAIN_BATCHES", "data_files", "has_dataset", "has_cifar10",
+           "ensure_dataset", "ensure_cifar10", "download_dataset", "download_cifar10"]
 
 
 def load_data(data_dir: str, num_classes: int = 10, dataset: str = "cifar10",
@@ -93,6 +95,24 @@ def load_testing_images(path: str) -> np.ndarray:
 
     Accepted: (N, 3072) rows, (N, 32, 32, 3) or (N, 3, 32, 32); uint8, or float with values in
     [0, 255]. Anything else is a DataError; float images that all lie within [0, 1] are read with
-    a warning on stderr (they are most likely scaled to [0, 1]).
+    a warning on stderr (they are most likely scaled to [0, 1]). A PNG/JPEG file or a folder of
+    them is read as ``load_private_images`` does.
     """
-    return read_private_images(path)
+    return load_private_images(path)[0]
+
+
+def load_private_images(path: str):
+    """Read a private image set -> ((N, 3072) float32 rows as ``load_testing_images`` returns them,
+    names): ``path`` is an ``.npy`` file (names: None), or a PNG/JPEG file or a folder of them
+    (names: the file names, one per row; see trainer/data/image_files.py: converted to RGB,
+    resized to 32x32, unreadable files in a folder skipped with a warning; Pillow needed)."""
+    if is_image_source(path):
+        images, names = read_image_files(path)
+        return to_rows(images), names
+    return read_private_images(path), None
+
+
+def private_files(path: str) -> list:
+    """The files a private image set at ``path`` is read from (the .npy, the image or a folder's
+    images), for callers that must not write over an input."""
+    return image_paths(path) if is_image_source(path) else [path]

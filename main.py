@@ -120,10 +120,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", type=_checkpoint_value, metavar="N",
                      help="predict: checkpoint number to use, or best (default: the newest)")
     run.add_argument("--private_data", metavar="P",
-                     help="predict: .npy of private images (default: <data_dir>/private_test_images.npy)")
+                     help="predict: .npy of private images, or a PNG/JPEG file or folder of them "
+                          "(default: <data_dir>/private_test_images.npy)")
     run.add_argument("--output", metavar="O",
                      help="predict: where to write probabilities, an (N, classes) .npy, or a .csv "
-                          "of id,label (default: <modeldir>/predictions.npy)")
+                          "of id,label (file,label,class_name,probability for image files) "
+                          "(default: <modeldir>/predictions.npy)")
 
     cfg = parser.add_argument_group("configuration (configure.py)")
     for f in dataclasses.fields(Config):

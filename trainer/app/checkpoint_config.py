@@ -17,8 +17,9 @@ def newest(config: Config) -> int:
 
 
 def config_from_checkpoint(config: Config, explicit, number) -> Config:
-    """The configuration with the network and data set checkpoint ``number`` was trained with;
-    a flag among ``explicit`` (those the command line gave) that disagrees is refused."""
+    """The configuration with the network and data set checkpoint ``number`` was trained with,
+    and the test-time augmentation it stores (its recipe's) unless --tta is given; a flag among
+    ``explicit`` (those the command line gave) that disagrees is refused."""
     path = checkpoints.find_checkpoint(config.modeldir, number)
     saved = checkpoints.read_checkpoint(path)["config"]
     changes = {}
@@ -35,4 +36,8 @@ def config_from_checkpoint(config: Config, explicit, number) -> Config:
                                f"{given} was given; drop {given.split()[0]} or pass "
                                f"{flag(key, saved[key])}.")
         changes[key] = saved[key]
+    if "tta" not in explicit and saved.get("tta", "off") != config.tta:
+        changes["tta"] = saved["tta"]  # the test-time augmentation its recipe relies on
+        print(f"--tta {saved['tta']}: the default for {path}, which its --recipe "
+              f"{saved.get('recipe', 'course')} trained for; pass --tta off to compare without.")
     return dataclasses.replace(config, **changes) if changes else config

@@ -15,6 +15,7 @@ from trainer.parallel import distributed
 from trainer.reports import plots
 from trainer.reports import tensorboard_log
 from trainer.run import checkpoints
+from trainer.training import runtime, sizing
 
 
 def check_modeldir(config: Config, resume, overwrite: bool) -> None:
@@ -65,6 +66,7 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
                 held.enter_context(checkpoints.RunLock(config.modeldir))
             check_modeldir(config, resume, overwrite)
             if resume is not None and os.path.isdir(config.modeldir):  # before any download
+                sizing.resolve(config, None, resume, 0, 0, started)  # its checkpoint's width
                 # On a copy: the run itself adopts what its checkpoint planned when it resumes.
                 Model.MyModel(copy.copy(config), log=lambda *a: None,
                               context=context).check_resumable(resume, overwrite)
@@ -77,6 +79,9 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
                 x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
                     x_train, y_train, config.split_index)
             config.validate(n_train=len(x_train), world_size=context.world_size)
+            if config.width_scale == 0:  # --recipe speed: the width for the budget
+                sizing.resolve(config, runtime.Runtime(config, context), resume, len(x_train),
+                               0 if x_valid is None else len(x_valid), started)
             if main_rank and not os.path.isdir(config.modeldir):
                 make_modeldir(config.modeldir)
                 held.enter_context(checkpoints.RunLock(config.modeldir))

@@ -31,11 +31,13 @@ def bars_off(config, context):
 
 
 @torch.inference_mode()
-def logits(model, x: np.ndarray, desc: str = "evaluating", y: np.ndarray = None) -> torch.Tensor:
+def logits(model, x: np.ndarray, desc: str = "evaluating", y: np.ndarray = None,
+           tta: str = None) -> torch.Tensor:
     """(N, 3072) rows, uint8 or float in [0, 255] -> (N, num_classes) float32 logits on device.
 
     The weight average is evaluated when there is one (--ema). With labels y, the progress bar
-    shows the running loss and accuracy.
+    shows the running loss and accuracy. ``tta``: the test-time augmentation (default
+    config.tta; validation during training passes "off").
     """
     rt, config = model.runtime, model.config
     network = model.ema.network if model.ema is not None else model.forward_net
@@ -51,7 +53,8 @@ def logits(model, x: np.ndarray, desc: str = "evaluating", y: np.ndarray = None)
                disable=bars_off(config, model.dist), unit="batch")
     for i in bar:
         batch = images[i:i + bs].to(rt.device, non_blocking=True)
-        outputs.append(evaluate_batch(network, rt.prepare_images(batch, False), rt, config.tta))
+        outputs.append(evaluate_batch(network, rt.prepare_images(batch, False), rt,
+                                      config.tta if tta is None else tta))
         if labels is not None and not bar.disable:
             target = labels[i:i + bs].to(rt.device)
             correct += int((outputs[-1].argmax(1) == target).sum())
@@ -97,41 +100,42 @@ def evaluate_batch(network, x: torch.Tensor, rt, tta: str) -> torch.Tensor:
     return torch.logsumexp(both, 0) - math.log(2)
 
 
-def local_scores(model, x: np.ndarray, y: np.ndarray, desc: str) -> dict:
+def local_scores(model, x: np.ndarray, y: np.ndarray, desc: str, tta: str = None) -> dict:
     """``scores`` of this process's images alone."""
-    out = logits(model, x, desc, y)
+    out = logits(model, x, desc, y, tta)
     target = torch.as_tensor(np.asarray(y, dtype=np.int64), device=out.device)
     losses = F.cross_entropy(out, target, reduction="none").double()
     return {"predictions": out.argmax(1).cpu().numpy(), "losses": losses.cpu().numpy()}
 
 
-def _share_and_score(model, x: np.ndarray, y: np.ndarray, desc: str):
+def _share_and_score(model, x: np.ndarray, y: np.ndarray, desc: str, tta: str = None):
     """Under torchrun: (this rank's labels, the scores of this rank's share of (x, y))."""
     part = distributed.share(len(x), model.dist.rank, model.dist.world_size)
     labels = np.asarray(y)[part]
-    return labels, local_scores(model, x[part], labels, desc)
+    return labels, local_scores(model, x[part], labels, desc, tta)
 
 
-def scores(model, x: np.ndarray, y: np.ndarray, desc: str = "evaluating") -> dict:
+def scores(model, x: np.ndarray, y: np.ndarray, desc: str = "evaluating",
+           tta: str = None) -> dict:
     """Predictions and losses of the network as it is on (x, y): {"predictions" (N,) int64,
     "losses" (N,) float64 cross-entropy per image}, as numpy arrays. Under torchrun each rank
     scores its own part (distributed.share) and every rank gets all N, in order."""
     if model.dist.distributed:
-        _, mine = _share_and_score(model, x, y, desc)
+        _, mine = _share_and_score(model, x, y, desc, tta)
         return {k: distributed.gather_arrays(v) for k, v in mine.items()}
-    return local_scores(model, x, y, desc)
+    return local_scores(model, x, y, desc, tta)
 
 
 def validate(model, x: np.ndarray, y: np.ndarray):
-    """(accuracy in [0, 1], mean cross-entropy) of the network as it is on (x, y). Under
-    torchrun each rank scores its own part and the counts and loss sums are added up."""
+    """(accuracy in [0, 1], mean cross-entropy) of the network as it is on (x, y), without
+    test-time augmentation (a recipe's --tta is for --mode test and predict). Under torchrun each rank scores its own part and the counts and loss sums are added up."""
     if model.dist.distributed:
-        labels, s = _share_and_score(model, x, y, "validating")
+        labels, s = _share_and_score(model, x, y, "validating", "off")
         correct, loss_sum, count = distributed.sum_over_ranks(
             [float((s["predictions"] == labels).sum()), float(s["losses"].sum()),
              float(len(s["losses"]))], model.runtime.collective_device())
         return correct / count, loss_sum / count
-    s = scores(model, x, y, "validating")
+    s = scores(model, x, y, "validating", "off")
     return float((s["predictions"] == np.asarray(y)).mean()), float(s["losses"].mean())
 
 

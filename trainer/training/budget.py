@@ -25,6 +25,8 @@ from trainer.training.runtime import rate_scale
 from configure import ConfigError
 
 
+MIN_TIMED, MAX_TIMED = 3, 20  # training steps timed, after one that warms up
+TIMING_SECONDS = 3.0  # past MIN_TIMED steps, no more are timed once this much time went by
 MIN_EPOCHS = 0.1  # a plan shorter than this share of an epoch is refused
 MIN_SHARE = 0.05  # a last epoch shorter than this share is dropped rather than begun
 
@@ -141,11 +143,15 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
     # SGD's own rate (--decoupled scales it), so that the timed steps stay finite.
     optimizer = torch.optim.SGD(network.parameters(), lr=cfg.learning_rate * rate_scale(cfg),
                                 momentum=cfg.momentum)
-    warm, timed = 2, max(4, min(20, len(slices)))
-    for i in range(warm + timed):
-        if i == warm:
+    # One step warms up; then at least MIN_TIMED steps, more (up to MAX_TIMED) while they take
+    # less than TIMING_SECONDS in all, so that large batches on a slow device cost little.
+    timed, start = 0, None
+    for i in range(1 + MAX_TIMED):
+        if i == 1:
             _synchronize(model.device)
             start = time.perf_counter()
+        elif i > MIN_TIMED and time.perf_counter() - start >= TIMING_SECONDS:
+            break
         positions = slices[i % len(slices)].to(model.device)
         index = order[positions]
         x = rt.prepare_images(images[index], True, offsets[positions], flips[positions])
@@ -154,14 +160,16 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _synchronize(model.device)
+        if i:
+            timed += 1
+            _synchronize(model.device)
     step_seconds = (time.perf_counter() - start) / timed
     del network, optimizer
     eval_seconds = 0.0
     if x_valid is not None and len(x_valid):
         sample = x_valid[:min(len(x_valid), cfg.eval_batch_size)]
         begin = time.perf_counter()
-        evaluate.logits(model, sample, "timing validation")
+        evaluate.logits(model, sample, "timing validation", tta="off")
         _synchronize(model.device)
         eval_seconds = (time.perf_counter() - begin) * len(x_valid) / len(sample)
     begin = time.perf_counter()
