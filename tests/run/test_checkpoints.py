@@ -588,6 +588,7 @@ RUN_CHANGES = {
     "label_mode": ["--dataset", "cifar100", "--label_mode", "coarse"],
     "lr_schedule": ["--lr_schedule", "cosine"],
     "warmup_epochs": ["--warmup_epochs", "1"],
+    "final_epoch_share": ["--final_epoch_share", "0.5"],
     "nesterov": ["--nesterov"],
     "no_decay_bn_bias": ["--no_decay_bn_bias"],
     "label_smoothing": ["--label_smoothing", "0.1"],

@@ -59,7 +59,7 @@ def _pillow():
     try:
         from PIL import Image, ImageOps
     except ImportError:
-        raise
+        raise DataError(PILLOW_MISSING) from None
     return Image, ImageOps
 
 

@@ -92,13 +92,9 @@ def choose_amp(model, images: torch.Tensor, labels: torch.Tensor) -> None:
     rt = model.runtime
     n = min(model.config.batch_size, precision.TIMING_IMAGES)
     x = rt.prepare_images(images[:n], False)  # standardized; no crop or flip, no random draws
-    choice = precision.choose(model.network, rt, x, labels[:n])
-    amp = choice.amp
-    if model.dist.distributed:
-        everywhere = distributed.agree_min(int(amp == "bf16"), rt.collective_device())
-        amp = "bf16" if everywhere else "off"
-    set_amp(model, amp)
-    model.log(precision.describe(choice._replace(amp=amp)))
+    choice = precision.agreed(precision.choose(model.network, rt, x, labels[:n]), rt)
+    set_amp(model, choice.amp)
+    model.log(precision.describe(choice))
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from trainer.parallel import distributed
+
 # bf16 is kept only when its median step takes at most 1/1.15 of fp32's: a near tie would
 # otherwise flip between runs of the same command with the noise of the timing.
 BF16_MARGIN = 1.15
@@ -65,6 +67,15 @@ def choose(network: torch.nn.Module, rt, images: torch.Tensor, labels: torch.Ten
         torch.set_rng_state(rng)
     bf16_median, fp32_median = statistics.median(seconds[True]), statistics.median(seconds[False])
     return Choice(pick(bf16_median, fp32_median), bf16_median, fp32_median)
+
+
+def agreed(choice: Choice, rt) -> Choice:
+    """The choice every rank takes under torchrun: bf16 only if every rank found it faster, so
+    that all ranks train alike (the choice itself outside torchrun)."""
+    if not rt.context.distributed:
+        return choice
+    everywhere = distributed.agree_min(int(choice.amp == "bf16"), rt.collective_device())
+    return choice._replace(amp="bf16" if everywhere else "off")
 
 
 def describe(choice: Choice) -> str:

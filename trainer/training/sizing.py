@@ -30,9 +30,9 @@ from trainer.training import precision
 TARGET_EPOCHS = 10  # airbench94 trains 9.9 epochs
 WIDTHS = tuple(k / 16 for k in range(4, 33))  # 0.25 ... 2
 REFERENCE_WIDTH = 0.5
-# Images per timed step (at most the batch size). Small batches can run faster per image than
-# large ones on a CPU, so the estimate errs short; budget.fit times the real batch afterwards.
-TIMING_IMAGES = 512
+# Images per timed step (at most the batch size): per image, a CPU can run small batches faster
+# than large ones, so the run's own batch is timed, up to this many images.
+TIMING_IMAGES = 1024
 EVAL_SHARE = 1 / 3  # evaluating an image costs about a third of training on it (forward only)
 EXPONENT_RANGE = (0.5, 1.2)  # of the power law in the MACs, where two timings disagree wildly
 
@@ -51,22 +51,24 @@ def macs(config, width: float) -> float:
     return counter.get_total_flops() / 2
 
 
-def seconds_per_image(config, rt, width: float, steps: int = 2,
+def seconds_per_image(config, rt, width: float, steps: int = 1,
                       clock=time.perf_counter) -> float:
     """Median seconds per image of ``steps`` training steps (after one warm-up step) of the
-    network at ``width`` on rt's device and precision, on random images; the run's random
-    state is left as it was."""
+    network at ``width`` on rt's device and precision, on random images cropped and flipped as
+    the run's are; the run's random state is left as it was."""
     batch = min(config.batch_size, TIMING_IMAGES)
     rng = torch.get_rng_state()
     try:
         network = network_at(config, width).to(rt.device, memory_format=rt.memory_format)
         images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=rt.device)
         labels = torch.randint(0, config.num_classes, (batch,), device=rt.device)
-        x = rt.prepare_images(images, False)
+        offsets = torch.zeros(batch, 2, dtype=torch.long, device=rt.device)
+        flips = torch.zeros(batch, dtype=torch.bool, device=rt.device)
         optimizer = torch.optim.SGD(network.parameters(), lr=1e-3)
         times = []
         for i in range(steps + 1):
             start = clock()
+            x = rt.prepare_images(images, True, offsets, flips)  # the same work as a real step
             with rt.autocast():
                 loss = F.cross_entropy(network(x), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -152,5 +154,6 @@ def settle_precision(config, rt, log) -> str:
     labels = torch.randint(0, config.num_classes, (batch,), device=rt.device)
     torch.set_rng_state(rng)
     choice = precision.choose(network, rt, rt.prepare_images(images, False), labels, steps=2)
+    choice = precision.agreed(choice, rt)
     log(precision.describe(choice))
     return choice.amp

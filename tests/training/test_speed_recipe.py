@@ -1,0 +1,165 @@
+"""--recipe speed (issue 18): airbench94's triangle schedule, the width chosen for the budget, a
+budget spent rather than left over, validation without the recipe's test-time augmentation, and
+that augmentation the default of --mode test and predict for the checkpoints it makes."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import Model
+from cli_tools import TINY, run_main
+from cifar_files import write_cifar
+from configure import Config, ConfigError
+from Model import MyModel
+from trainer.evaluation import evaluate
+from trainer.run import checkpoints
+from trainer.training import schedules, sizing
+from test_training import data, tiny_config
+
+
+# --------------------------------------------------------------------------------------------
+# The triangle schedule (airbench94's get_lr: 0.2 -> 1 over 23% of the steps, then -> 0.07)
+
+def test_the_triangle_schedule_rises_from_a_fifth_and_falls_to_seven_hundredths():
+    cfg = Config(lr_schedule="triangle", learning_rate=2.0, max_epoch=1)
+    rate = [schedules.lr_at_step(cfg, 1, g, 100) for g in range(100)]
+    # 23 warm-up steps (int(0.23 * 100)): step g rises by 0.8 / 23 of the rate each
+    assert rate[0] == pytest.approx(2.0 * 0.2)
+    assert rate[10] == pytest.approx(2.0 * (0.2 + 0.8 * 10 / 23))
+    assert rate[23] == pytest.approx(2.0)
+    # then down over the 77 others: 1 - 0.93 * (g - 23) / 77
+    assert rate[60] == pytest.approx(2.0 * (1 - 0.93 * 37 / 77))
+    assert rate[99] == pytest.approx(2.0 * (1 - 0.93 * 76 / 77))
+    assert max(rate) == pytest.approx(2.0) and min(rate) > 2.0 * 0.07
+
+
+def test_the_triangle_spans_a_fractional_run():
+    # 2.5 epochs of 10 steps: 25 steps, 5 of warm-up (int(0.23 * 25))
+    cfg = Config(lr_schedule="triangle", learning_rate=1.0, max_epoch=3, final_epoch_share=0.5)
+    assert schedules.total_steps(cfg, 10) == 25
+    assert schedules.lr_at_step(cfg, 1, 5, 10) == pytest.approx(1.0)
+    assert schedules.lr_at_step(cfg, 3, 4, 10) == pytest.approx(1 - 0.93 * 19 / 20)
+
+
+# --------------------------------------------------------------------------------------------
+# The width
+
+def test_pick_takes_the_widest_width_whose_epochs_fit():
+    assert sizing.pick(lambda w: 100 * w, 500, epochs=10) == 0.5  # 10 * 100 * 0.5 = 500
+    assert sizing.pick(lambda w: 100 * w, 499, epochs=10) == 0.4375  # the next one down
+    assert sizing.pick(lambda w: 100 * w, 1e9, epochs=10) == 2.0  # the widest offered
+    assert sizing.pick(lambda w: 100 * w, 1, epochs=10) == 0.25  # none fits: the narrowest
+
+
+@pytest.mark.parametrize("power, seconds, expected", [
+    (2.0, 500.0, 1.0),     # 10 epochs of 50,000 images at 1e-3 * w**2 s each: w**2 <= 1
+    (2.0, 125.0, 0.5),     # w**2 <= 0.25
+    (2.0, 1.0, 0.25),      # nothing fits: the narrowest
+    (1.6, 500 * 0.5 ** 1.6, 0.5),  # time grows as MACs**0.8: the second timing shows it
+])
+def test_choose_estimates_each_width_from_two_timings(monkeypatch, power, seconds, expected):
+    monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
+    timed = []
+
+    def timer(config, rt, width):
+        timed.append(width)
+        return 1e-3 * width ** power
+
+    lines = []
+    width = sizing.choose(Config(network="airbench"), None, 50000, 0, seconds * 1.0000001,
+                          lines.append, timer=timer)
+    assert width == expected
+    assert timed[0] == sizing.REFERENCE_WIDTH and len(timed) <= 2
+    assert lines and f"--width_scale {expected:g}" in lines[0]
+
+
+def test_validation_counts_a_third_of_a_training_pass_per_image(monkeypatch):
+    monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
+    timer = lambda config, rt, width: 1e-3 * width ** 2  # noqa: E731
+    # 45,000 training and 15,000 validation images: 50,000 training passes an epoch
+    assert sizing.choose(Config(network="airbench"), None, 45000, 15000, 125.0000001,
+                         lambda *a: None, timer=timer) == 0.5
+
+
+def test_width_zero_without_a_budget_is_the_published_network():
+    cfg = Config(network="airbench", width_scale=0.0)
+    sizing.resolve(cfg, None, None, 100, 0, 0.0)
+    assert cfg.width_scale == 1.0
+
+
+def test_seconds_per_image_leaves_the_random_state_alone():
+    from trainer.training.runtime import Runtime
+    cfg = Config(network="airbench", device="cpu", amp="off", batch_size=8)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    assert sizing.seconds_per_image(cfg, Runtime(cfg), 0.25, steps=1) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation and test-time augmentation
+
+def test_validation_during_training_ignores_the_recipes_tta(tmp_path, monkeypatch):
+    seen = []
+    original = evaluate.evaluate_batch
+
+    def spy(network, x, rt, tta):
+        seen.append(tta)
+        return original(network, x, rt, tta)
+
+    monkeypatch.setattr(evaluate, "evaluate_batch", spy)
+    x, y = data(16)
+    MyModel(tiny_config(tmp_path, tta="six"), log=lambda *a: None).train(x, y, x[:8], y[:8])
+    assert seen and set(seen) == {"off"}
+
+
+@pytest.fixture(scope="module")
+def speed_run(tmp_path_factory):
+    """A tiny --recipe speed run with a budget (batch 16 instead of 1,024: the data is tiny)."""
+    root = tmp_path_factory.mktemp("speed")
+    data_dir = root / "data"
+    write_cifar(data_dir, n_per_batch=24, n_test=20)
+    modeldir = root / "model"
+    flags = [a for a in TINY if a not in ("--resnet_size", "1", "--first_num_filters", "4")]
+    flags[flags.index("--batch_size") + 1] = "16"
+    result = run_main(["--mode", "train", "--recipe", "speed", "--budget_minutes", "0.25",
+                       "--data_dir", data_dir, "--modeldir", modeldir, "--quiet",
+                       "--split_index", "100", *flags])
+    return data_dir, modeldir, result
+
+
+def test_a_speed_run_chooses_its_width_and_spends_its_budget(speed_run):
+    data_dir, modeldir, result = speed_run
+    assert result.returncode == 0, result.stderr
+    assert "width for" in result.stdout and "budget 0.25 min" in result.stdout, result.stdout
+    saved = json.loads((modeldir / "config.json").read_text())["config"]
+    assert saved["width_scale"] in sizing.WIDTHS and saved["network"] == "airbench"
+    assert saved["tta"] == "six" and saved["lr_schedule"] == "triangle"
+    newest = checkpoints.list_checkpoints(str(modeldir))[-1]
+    ckpt = checkpoints.read_checkpoint(checkpoints.find_checkpoint(str(modeldir), newest))
+    assert ckpt["config"]["width_scale"] == saved["width_scale"]
+    assert ckpt["config"]["max_epoch"] == newest  # the planned run was trained to its end
+
+
+def test_test_mode_uses_the_recipes_tta_unless_told_otherwise(speed_run):
+    data_dir, modeldir, result = speed_run
+    assert result.returncode == 0, result.stderr
+    default = run_main(["--mode", "test", "--data_dir", data_dir, "--modeldir", modeldir,
+                        "--device", "cpu", "--no_download"])
+    assert default.returncode == 0, default.stderr
+    assert "--tta six: the default" in default.stdout and "tta=six" in default.stdout
+    plain = run_main(["--mode", "test", "--data_dir", data_dir, "--modeldir", modeldir,
+                      "--device", "cpu", "--no_download", "--tta", "off"])
+    assert plain.returncode == 0, plain.stderr
+    assert "--tta six" not in plain.stdout
+
+
+def test_a_resumed_speed_run_keeps_its_width(speed_run, tmp_path):
+    data_dir, modeldir, result = speed_run
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((modeldir / "config.json").read_text())["config"]
+    cfg = Config(network="airbench", width_scale=0.0, modeldir=str(modeldir), budget_minutes=0.25)
+    sizing.resolve(cfg, None, "latest", 0, 0, 0.0)
+    assert cfg.width_scale == saved["width_scale"]
