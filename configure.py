@@ -21,12 +21,12 @@ OFFICIAL_MD5S = {"cifar10": CIFAR10_MD5, "cifar100": CIFAR100_MD5}
 # Classes of each (dataset, label_mode): CIFAR-100 labels each image with one of 100 fine classes
 # and one of 20 coarse superclasses; CIFAR-10 has only its 10.
 CLASS_COUNTS = {("cifar10", "fine"): 10, ("cifar100", "fine"): 100, ("cifar100", "coarse"): 20}
-NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn", "resnet9", "airbench")
+NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn", "resnet9", "airbench", "resnet50")
 # --recipe fast: what it sets (explicit flags still win). Measured on the real-image copy of
 # CIFAR-10 against the course recipe; see BENCHMARKS.md.
 RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate": 0.2,
                "nesterov": True, "weight_decay": 5e-4, "no_decay_bn_bias": True,
-               "label_smoothing": 0.1, "normalize": "dataset", "amp": "bf16", "max_epoch": 15}
+               "label_smoothing": 0.1, "normalize": "dataset", "max_epoch": 15}
 # --recipe speed: airbench94's recipe (Jordan 2024, arXiv 2404.00498, legacy/airbench94.py) on its
 # whitened convnet, with the width chosen for --budget_minutes (width_scale 0: see
 # trainer/training/sizing.py) and its six-view test-time augmentation the default of --mode test
@@ -37,14 +37,25 @@ RECIPE_SPEED = {"network": "airbench", "width_scale": 0.0, "whiten": True, "batc
                 "label_smoothing": 0.2, "lr_schedule": "triangle", "lookahead": True,
                 "flip": "alternating", "translate": 2, "pad_mode": "reflect",
                 "normalize": "dataset", "tta": "six", "max_epoch": 10}
-RECIPES = {"course": {}, "fast": RECIPE_FAST, "speed": RECIPE_SPEED}
+# --recipe transfer: fine-tune torchvision's ImageNet ResNet-50 (a DS542 CIFAR-100 report's
+# transfer part): the new head alone for the first epoch, then everything at a tenth of the course
+# rate, cosine to 0 over 5 epochs. Weight decay 1e-4: torchvision's ImageNet recipe for ResNet-50,
+# which the pretrained weights were tuned under (a stronger 5e-4 pulls them away from it).
+RECIPE_TRANSFER = {"network": "resnet50", "pretrained": "imagenet", "learning_rate": 0.01,
+                   "momentum": 0.9, "weight_decay": 1e-4, "lr_schedule": "cosine",
+                   "max_epoch": 5, "freeze_epochs": 1, "batch_size": 64}
+RECIPES = {"course": {}, "fast": RECIPE_FAST, "speed": RECIPE_SPEED, "transfer": RECIPE_TRANSFER}
 # Keys that shape some networks only (NetWork.build_network ignores them elsewhere): as flags they
 # are refused where they do not apply, and a checkpoint's value of them is not compared there.
 NETWORK_SPECIFIC = {"resnet_version": ("resnet",), "resnet_size": ("resnet",),
                     "first_num_filters": ("resnet",), "downsample": ("resnet", "resnet18"),
                     "shortcut": ("resnet", "resnet18"), "batch_norm": ("simple_nn", "simple_cnn"),
                     "activation": ("resnet", "resnet18", "simple_nn", "simple_cnn"),
-                    "width_scale": ("resnet9", "airbench"), "whiten": ("airbench",)}
+                    "width_scale": ("resnet9", "airbench"), "whiten": ("airbench",),
+                    "pretrained": ("resnet50",), "pretrained_file": ("resnet50",),
+                    "freeze_epochs": ("resnet50",), "input_size": ("resnet50",),
+                    # resnet50 standardizes with the ImageNet statistics its weights expect
+                    "normalize": tuple(n for n in NETWORKS if n != "resnet50")}
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed takes a signed 64-bit seed
 MAX_BUDGET_MINUTES = 365 * 24 * 60  # a year: longer budgets are typos, and past ~1e300 overflow
 
@@ -80,7 +91,9 @@ class Config:
     network: str = _opt("resnet", "resnet (the ResNets below), resnet18 (ResNet-18 for 32x32), the "
                                   "course baselines simple_nn (LeNet-style) and simple_cnn, or "
                                   "the speed networks resnet9 (DAWNBench's ResNet-9, Page 2018) "
-                                  "and airbench (airbench94's whitened convnet, Jordan 2024)",
+                                  "and airbench (airbench94's whitened convnet, Jordan 2024), "
+                                  "or resnet50 (torchvision's ImageNet ResNet-50, a new head; "
+                                  "needs torchvision)",
                         choices=NETWORKS)
     resnet_version: int = _opt(1, "1: standard blocks (ResNet v1); 2: pre-activation bottlenecks (v2)",
                                choices=(1, 2))
@@ -106,6 +119,18 @@ class Config:
     whiten: bool = _opt(False, "airbench: set the first layer's 12 filters (and their negatives) "
                                "from the covariance of the training images' 2x2 patches before a "
                                "fresh run, and keep them fixed (airbench94)")
+    pretrained: str = _opt("none", "resnet50: none (random weights) or imagenet (torchvision's "
+                                   "ImageNet weights, downloaded once into $TORCH_HOME, and a new "
+                                   "head for the data set's classes)",
+                           choices=("none", "imagenet"))
+    pretrained_file: str = _opt("", "resnet50 with --pretrained imagenet: read the ImageNet "
+                                    "weights from this state_dict file (torchvision's "
+                                    "resnet50-*.pth) instead of the download cache")
+    input_size: int = _opt(224, "resnet50: images are resized to this many pixels square on the "
+                                "device (bilinear) before the network (ImageNet: 224)")
+    freeze_epochs: int = _opt(0, "resnet50: for the first this many epochs only the new head "
+                                 "trains; the backbone's weights and batch-norm statistics stay "
+                                 "fixed")
     normalize: str = _opt("per_image", "input standardization: per_image (each image by its own "
                                        "mean and deviation, course skeleton) or dataset (channel "
                                        "means and deviations of the training split)",
@@ -165,10 +190,12 @@ class Config:
                                  "(the paper's and the course's, as listed here), fast (the "
                                  "best short ResNet-20 recipe measured, see BENCHMARKS.md: "
                                  + "; ".join(f"{k} {v}" for k, v in RECIPE_FAST.items())
-                                 + "), or speed (the most accurate model for --budget_minutes: "
+                                 + "), speed (the most accurate model for --budget_minutes: "
                                  "airbench94's recipe, its width chosen for the budget: "
-                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_SPEED.items()) + ")",
-                       choices=("course", "fast", "speed"))
+                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_SPEED.items())
+                                 + "), or transfer (fine-tune the ImageNet ResNet-50: "
+                                 + "; ".join(f"{k} {v}" for k, v in RECIPE_TRANSFER.items()) + ")",
+                       choices=tuple(RECIPES))
     budget_minutes: float = _opt(0.0, "fit the run into this many minutes of wall time, "
                                       "validation included: time the first steps, then set "
                                       "max_epoch and stretch the schedule to match (0: off)")
@@ -322,6 +349,19 @@ class Config:
         if any(e < 1 for e in decay) or decay != sorted(set(decay)):
             raise ConfigError(f"--lr_decay_epochs must be positive epochs in increasing order, "
                               f"not {' '.join(map(str, decay))}.")
+        if isinstance(self.freeze_epochs, bool) or not isinstance(self.freeze_epochs, int) or \
+                self.freeze_epochs < 0:
+            raise ConfigError(f"--freeze_epochs must be 0 or a positive number of epochs, not "
+                              f"{self.freeze_epochs!r}.")
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or \
+                not 32 <= self.input_size <= 1024:
+            raise ConfigError(f"--input_size must be a whole number of pixels from 32 to 1024, "
+                              f"not {self.input_size!r}.")
+        if self.pretrained not in ("none", "imagenet"):
+            raise ConfigError(f"--pretrained must be none or imagenet, not {self.pretrained!r}.")
+        if self.pretrained_file and self.pretrained != "imagenet":
+            raise ConfigError("--pretrained_file holds ImageNet weights; pass --pretrained "
+                              "imagenet with it, or drop it.")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"--seed must lie between 0 and 2**63 - 1 ({MAX_SEED}), not "
                               f"{self.seed}.")
@@ -343,7 +383,8 @@ class Config:
         rather than a flag the user never gave, and a time budget can scale the recipe's warm-up.
         """
         if self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe must be course, fast or speed, not {self.recipe!r}.")
+            raise ConfigError(f"--recipe must be course, fast, speed or transfer, not "
+                              f"{self.recipe!r}.")
         self._recipe_keys = frozenset(k for k in RECIPES[self.recipe] if k not in explicit)
         for key in self._recipe_keys:
             setattr(self, key, RECIPES[self.recipe][key])
@@ -384,10 +425,11 @@ RUN_DEFINING_KEYS: List[str] = [
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
     "lr_schedule", "warmup_epochs", "final_epoch_share", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
     "sync_bn", "bias_lr_scale", "decoupled", "lookahead", "lookahead_decay", "lookahead_every",
-    "translate", "flip",
+    "translate", "flip", "pretrained", "freeze_epochs", "input_size",
 ]
 # The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or
 # resume when any of these differ.
 ARCHITECTURE_KEYS: List[str] = ["network", "resnet_version", "resnet_size", "first_num_filters",
                                 "num_classes", "batch_norm", "downsample", "shortcut", "activation",
-                                "normalize", "dataset", "label_mode", "width_scale"]
+                                "normalize", "dataset", "label_mode", "width_scale",
+                                "input_size"]

@@ -603,6 +603,9 @@ RUN_CHANGES = {
     "lookahead_every": ["--lookahead_every", "3"],
     "translate": ["--translate", "2"],
     "flip": ["--flip", "alternating"],
+    "pretrained": ["--pretrained", "imagenet"],
+    "freeze_epochs": ["--freeze_epochs", "1"],
+    "input_size": ["--input_size", "64"],
 }
 # Flags of TINY that shape a ResNet only: a run of another network is given without them.
 RESNET_ONLY = ("--resnet_size", "--first_num_filters")
@@ -639,7 +642,8 @@ def test_resume_of_a_different_run_is_refused(copy_of_run, tmp_path, capsys, key
     except SystemExit as e:  # argparse's way out, taken for a refused flag
         rc = e.code
     err = capsys.readouterr().err
-    if key in ("batch_norm", "width_scale", "whiten"):  # flags of other networks: refused as flags
+    if key in ("batch_norm", "width_scale", "whiten", "pretrained", "freeze_epochs",
+               "input_size"):  # flags of other networks: refused as flags
         assert rc == 2 and f"--{key} does not apply to --network resnet" in err, err
     else:
         assert rc == 1

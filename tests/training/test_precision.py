@@ -3,7 +3,6 @@ config.json and the checkpoints, kept on resume, and never measured when it is p
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,16 +2,13 @@
 budget spent rather than left over, validation without the recipe's test-time augmentation, and
 that augmentation the default of --mode test and predict for the checkpoints it makes."""
 import json
-import math
 
-import numpy as np
 import pytest
 import torch
 
-import Model
 from cli_tools import TINY, run_main
 from cifar_files import write_cifar
-from configure import Config, ConfigError
+from configure import Config
 from Model import MyModel
 from trainer.evaluation import evaluate
 from trainer.run import checkpoints
@@ -124,7 +121,7 @@ def speed_run(tmp_path_factory):
     modeldir = root / "model"
     flags = [a for a in TINY if a not in ("--resnet_size", "1", "--first_num_filters", "4")]
     flags[flags.index("--batch_size") + 1] = "16"
-    result = run_main(["--mode", "train", "--recipe", "speed", "--budget_minutes", "0.25",
+    result = run_main(["--mode", "train", "--recipe", "speed", "--budget_minutes", "0.5",
                        "--data_dir", data_dir, "--modeldir", modeldir, "--quiet",
                        "--split_index", "100", *flags])
     return data_dir, modeldir, result
@@ -133,7 +130,7 @@ def speed_run(tmp_path_factory):
 def test_a_speed_run_chooses_its_width_and_spends_its_budget(speed_run):
     data_dir, modeldir, result = speed_run
     assert result.returncode == 0, result.stderr
-    assert "width for" in result.stdout and "budget 0.25 min" in result.stdout, result.stdout
+    assert "width for" in result.stdout and "budget 0.5 min" in result.stdout, result.stdout
     saved = json.loads((modeldir / "config.json").read_text())["config"]
     assert saved["width_scale"] in sizing.WIDTHS and saved["network"] == "airbench"
     assert saved["tta"] == "six" and saved["lr_schedule"] == "triangle"
@@ -160,6 +157,6 @@ def test_a_resumed_speed_run_keeps_its_width(speed_run, tmp_path):
     data_dir, modeldir, result = speed_run
     assert result.returncode == 0, result.stderr
     saved = json.loads((modeldir / "config.json").read_text())["config"]
-    cfg = Config(network="airbench", width_scale=0.0, modeldir=str(modeldir), budget_minutes=0.25)
+    cfg = Config(network="airbench", width_scale=0.0, modeldir=str(modeldir), budget_minutes=0.5)
     sizing.resolve(cfg, None, "latest", 0, 0, 0.0)
     assert cfg.width_scale == saved["width_scale"]

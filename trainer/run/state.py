@@ -24,6 +24,9 @@ def describe(config_dict: dict) -> str:
             (f" at width x{scale:g}" if scale != 1 else "") + \
             (" with a whitened first layer" if network == "airbench" and config_dict.get("whiten")
              else "")
+    if network == "resnet50":
+        return "ResNet-50 (torchvision" + \
+            (", ImageNet weights)" if config_dict.get("pretrained") == "imagenet" else ")")
     if network != "resnet":
         return {"resnet18": "ResNet-18 (for 32x32 images)"}.get(network, str(network)) + \
             (" with batch norm" if config_dict.get("batch_norm") and network != "resnet18" else "")

@@ -25,8 +25,8 @@ from trainer.training.runtime import rate_scale
 from configure import ConfigError
 
 
-MIN_TIMED, MAX_TIMED = 3, 20  # training steps timed, after one that warms up
-TIMING_SECONDS = 3.0  # past MIN_TIMED steps, no more are timed once this much time went by
+MIN_TIMED, MAX_TIMED = 2, 20  # training steps timed, after one that warms up
+TIMING_SECONDS = 2.0  # past MIN_TIMED steps, no more are timed once this much time went by
 MIN_EPOCHS = 0.1  # a plan shorter than this share of an epoch is refused
 MIN_SHARE = 0.05  # a last epoch shorter than this share is dropped rather than begun
 
@@ -92,20 +92,20 @@ def describe(changes: dict) -> str:
     return f"{epochs:g} epochs{decay}{warmup}"
 
 
-def replan(model, base, train_seconds: float, other_seconds: float,
-           planned_seconds: float) -> dict:
-    """After the first epoch of a budget run planned in this process: the changes (as
-    ``planned_changes``) that fit the rest of the run into the budget at the first epoch's real
-    times, ``train_seconds`` of training and ``other_seconds`` of validation and checkpoint (the
-    checkpoint of the first epoch not yet written), against the ``planned_seconds`` the plan
-    expected an epoch to take; {} when the plan stands (the same length, or a new one that an
-    explicit warm-up would not fit). ``base``: the configuration as the command line made it,
-    before the first plan. Under torchrun every rank takes the slowest rank's plan."""
+def replan(model, base, timing: dict, train_seconds: float, eval_seconds: float) -> dict:
+    """After the first (whole) epoch of a budget run planned in this process, before its
+    checkpoint, which then holds the plan that runs: the changes (as ``planned_changes``) that
+    fit the rest of the run into the budget at that epoch's real times, ``train_seconds`` of
+    training and ``eval_seconds`` of validation; {} when the plan stands (the same length, or a
+    new one that an explicit warm-up would not fit). ``base``: the configuration as the command
+    line made it, before the first plan; ``timing``: what ``fit`` measured. Under torchrun every
+    rank takes the slowest rank's plan."""
     cfg = model.config
     spent = time.monotonic() - model.started
+    other_seconds = eval_seconds + timing["save_seconds"]
     rest = plan_epochs(cfg.budget_minutes * 60, spent, train_seconds, other_seconds)
     rest = distributed.agree_min(int(rest * 1000), model.runtime.collective_device()) / 1000
-    epoch_seconds = train_seconds + other_seconds
+    epoch_seconds, planned_seconds = train_seconds + other_seconds, timing["epoch_seconds"]
     epochs = 1 + rest
     old = cfg.max_epoch - 1 + cfg.final_epoch_share
     if abs(epochs - old) < 0.01 or (not base.from_recipe("warmup_epochs")

@@ -28,7 +28,8 @@ from trainer.parallel import distributed
 from trainer.run import state
 from trainer.run.checkpoints import CheckpointError, list_checkpoints
 from trainer.run.folder import RunFolder
-from trainer.training import budget, precision, runtime, schedules, stop_requests, whitening
+from trainer.training import (budget, precision, pretrained, runtime, schedules, stop_requests,
+                              whitening)
 from trainer.training.batches import batch_slices, epoch_plan, global_batch_sizes
 
 
@@ -59,10 +60,10 @@ def open_resume(model, resume, overwrite: bool = False, data_digest: str = None)
     for key, value in adopted.items():
         setattr(cfg, key, value)
     if cfg.amp == "auto" and model.runtime.device.type == "cpu":
-        # The run chose its precision when it began (choose_amp): it keeps it, not measured
+        # The run chose its precision when it began (precision.settle): it keeps it, not measured
         # again. A checkpoint from before that choice (auto) ran at full precision on a CPU.
         stored = ckpt["config"].get("amp")
-        set_amp(model, stored if stored in ("bf16", "off") else "off")
+        precision.set_amp(model, stored if stored in ("bf16", "off") else "off")
     later = state.later_files(resume, path, ckpt, overwrite, cfg.modeldir, cfg.max_epoch)
     return path, ckpt, later
 
@@ -73,28 +74,6 @@ def resume(model, resume, data_digest: str, overwrite: bool = False):
     path, ckpt, later = open_resume(model, resume, overwrite, data_digest)
     step, partial = state.restore(model, ckpt, path)
     return step, partial, later
-
-
-def set_amp(model, amp: str) -> None:
-    """Settle --amp at ``amp``: the config (which config.json and the checkpoints record) and
-    the precision the steps run in. The loss scaler needs no change: it only acts under fp16,
-    which ``amp`` is not here (bf16 or off)."""
-    model.config.amp = amp
-    model.runtime.amp_dtype = runtime.amp_dtype(amp, model.runtime.device)
-    model.amp_dtype = model.runtime.amp_dtype
-
-
-def choose_amp(model, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """--amp auto on a CPU, at a fresh run's start: time bf16 and fp32 steps of the network on
-    the first training images (uint8 on the device) and keep the faster (precision.choose);
-    log the choice and the flag that pins it. Under torchrun bf16 only if every rank found it
-    faster, so that all ranks train alike."""
-    rt = model.runtime
-    n = min(model.config.batch_size, precision.TIMING_IMAGES)
-    x = rt.prepare_images(images[:n], False)  # standardized; no crop or flip, no random draws
-    choice = precision.agreed(precision.choose(model.network, rt, x, labels[:n]), rt)
-    set_amp(model, choice.amp)
-    model.log(precision.describe(choice))
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +116,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
     images = to_image_tensor(x_train).to(rt.device)  # (N, 3, 32, 32) uint8, once
     labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(rt.device)
     if resume_from is None and cfg.amp == "auto" and rt.device.type == "cpu":
-        choose_amp(model, images, labels)  # before the budget, which times steps in it
+        precision.settle(model, images, labels)  # before the budget, which times steps in it
     base = timing = None  # a budget planned here: the configuration before its plan, its times
     if cfg.budget_minutes and model.epoch == 0 and start_step == 0:
         base = copy.copy(cfg)
@@ -161,7 +140,9 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
             if x_valid is not None and len(x_valid):
                 metrics["valid_acc"], metrics["valid_loss"] = model.validate(x_valid, y_valid)
             if base is not None and epoch == 1 < cfg.max_epoch:
-                replan_after_first(model, base, timing, metrics, time.perf_counter() - began)
+                for key, value in budget.replan(model, base, timing, metrics["seconds"],
+                                                time.perf_counter() - began).items():
+                    setattr(cfg, key, value)
             best_before = max([m["valid_acc"] for m in model.history if "valid_acc" in m]
                               + ([] if best_kept is None else [best_kept]), default=None)
             model.epoch = epoch
@@ -184,17 +165,6 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
                             "run is not data-parallel; please report this.")
     distributed.barrier()
     return model.history
-
-
-def replan_after_first(model, base, timing: dict, metrics: dict, eval_seconds: float) -> None:
-    """Plan a budget run's remaining epochs again from its first epoch's real time (before that
-    epoch's checkpoint, which then holds the plan that runs). ``timing``: budget.fit's estimates."""
-    cfg = model.config
-    train = metrics["seconds"]  # the first epoch is whole: the plan ends later
-    changes = budget.replan(model, base, train, eval_seconds + timing["save_seconds"],
-                            timing["epoch_seconds"])
-    for key, value in changes.items():
-        setattr(cfg, key, value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +193,8 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     seen = seen_before = int(partial.get("seen", 0))
     seconds = float(partial.get("seconds", 0.0))
     model.network.train()
+    if applies("freeze_epochs", cfg.network):  # resnet50: the backbone fixed at first
+        pretrained.set_frozen(model.network, epoch <= cfg.freeze_epochs)
     start = time.perf_counter()
     steps = schedules.epoch_steps(cfg, epoch, len(slices))  # fewer in a budget's last epoch
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.parallel import distributed
+from trainer.training import runtime
 
 # bf16 is kept only when its median step takes at most 1/1.15 of fp32's: a near tie would
 # otherwise flip between runs of the same command with the noise of the timing.
@@ -76,6 +77,27 @@ def agreed(choice: Choice, rt) -> Choice:
         return choice
     everywhere = distributed.agree_min(int(choice.amp == "bf16"), rt.collective_device())
     return choice._replace(amp="bf16" if everywhere else "off")
+
+
+def set_amp(model, amp: str) -> None:
+    """Settle a run's --amp at ``amp``: the config (which config.json and the checkpoints
+    record) and the precision its steps run in. The loss scaler needs no change: it only acts
+    under fp16, which ``amp`` is not here (bf16 or off)."""
+    model.config.amp = amp
+    model.runtime.amp_dtype = runtime.amp_dtype(amp, model.runtime.device)
+    model.amp_dtype = model.runtime.amp_dtype
+
+
+def settle(model, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """--amp auto on a CPU, at a fresh run's start: time bf16 and fp32 steps of the run's
+    network on its first training images (uint8 on the device) and keep the faster (``choose``,
+    ``agreed``); log the choice and the flag that pins it."""
+    rt = model.runtime
+    n = min(model.config.batch_size, TIMING_IMAGES)
+    x = rt.prepare_images(images[:n], False)  # standardized; no crop or flip, no random draws
+    choice = agreed(choose(model.network, rt, x, labels[:n]), rt)
+    set_amp(model, choice.amp)
+    model.log(describe(choice))
 
 
 def describe(choice: Choice) -> str:

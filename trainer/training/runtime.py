@@ -11,6 +11,7 @@ import ImageUtils
 from NetWork import build_network
 from configure import Config, ConfigError
 from trainer.parallel import distributed
+from trainer.training import pretrained
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -65,6 +66,9 @@ class Runtime:
         self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.amp_dtype = amp_dtype(config.amp, self.device)
         self.mean_std = None  # --normalize dataset: the training split's channel (mean, std)
+        # resnet50: ImageNet's channel statistics, whatever --normalize says, and a resize
+        self.imagenet = pretrained.imagenet_stats(self.device) \
+            if config.network == "resnet50" else None
 
     def autocast(self):
         """The precision context every forward pass runs in (a no-op at full precision)."""
@@ -74,9 +78,15 @@ class Runtime:
     def prepare_images(self, x: torch.Tensor, training: bool, offsets=None,
                        flips=None) -> torch.Tensor:
         """(B, 3, 32, 32) uint8 on the device -> the network's float input: cropped and flipped
-        (training, by the epoch plan's offsets and flips), standardized, in the memory format."""
+        (training, by the epoch plan's offsets and flips), standardized, in the memory format.
+        For resnet50, standardized with ImageNet's statistics and resized to --input_size
+        (bilinear interpolation commutes with the per-channel standardization)."""
         x = ImageUtils.preprocess_batch(x, training, offsets, flips, self.config.pad_mode,
-                                        mean_std=self.mean_std, pad=self.config.translate)
+                                        mean_std=self.mean_std if self.imagenet is None else
+                                        self.imagenet,
+                                        pad=self.config.translate)
+        if self.imagenet is not None:
+            x = pretrained.resize(x, self.config.input_size)
         return x.contiguous(memory_format=self.memory_format)
 
     def collective_device(self):
@@ -88,11 +98,14 @@ def build(config: Config, rt: Runtime) -> torch.nn.Module:
     """The run's network, seeded by config.seed (the initial weights depend on the seed only),
     with SyncBatchNorm under torchrun's --sync_bn, on the device in the memory format."""
     torch.manual_seed(config.seed)
-    network = build_network(config.network, config.resnet_version, config.resnet_size,
-                            config.num_classes, config.first_num_filters,
-                            batch_norm=config.batch_norm, downsample=config.downsample,
-                            shortcut=config.shortcut, activation=config.activation,
-                            width_scale=config.width_scale, whiten=config.whiten)
+    if config.network == "resnet50":  # torchvision's, outside the course file NetWork.py
+        network = pretrained.build(config.num_classes, config.pretrained, config.pretrained_file)
+    else:
+        network = build_network(config.network, config.resnet_version, config.resnet_size,
+                                config.num_classes, config.first_num_filters,
+                                batch_norm=config.batch_norm, downsample=config.downsample,
+                                shortcut=config.shortcut, activation=config.activation,
+                                width_scale=config.width_scale, whiten=config.whiten)
     if config.sync_bn and rt.context.distributed:
         network = distributed.convert_sync_batchnorm(network, rt.device)
     network.to(rt.device, memory_format=rt.memory_format)
