@@ -151,7 +151,7 @@ def test_a_new_run_refuses_a_folder_holding_a_file_it_would_write(data_dir, tmp_
 # Records hold what ran (item 8)
 
 def test_config_json_of_a_budget_run_records_the_plan(tmp_path, monkeypatch):
-    plans = iter([3, 2])  # 3 epochs; after the first, the 2 left (the speed is not the point)
+    plans = iter([3, 2, 1])  # 3 epochs; after each, those left (the speed is not the point)
     monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: next(plans))
     x, y = make_batch(32, np.random.default_rng(0))
     config = Config(resnet_size=1, first_num_filters=4, batch_size=8, device="cpu",

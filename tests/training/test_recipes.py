@@ -356,7 +356,7 @@ def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
 
     def plan(seconds, spent, train, valid, save=0.0, margin=0.02):
         calls.append((seconds, spent, train, valid, save))
-        return 3 if len(calls) == 1 else 2  # after epoch 1: the 2 left, as planned
+        return 4 - len(calls)  # 3, then after each epoch the epochs left, as planned
 
     monkeypatch.setattr(budget, "plan_epochs", plan)
     x, y = data(16)
@@ -364,9 +364,11 @@ def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
     model = MyModel(tiny_config(tmp_path, budget_minutes=2.0, max_epoch=20, lr_decay_epochs=(10, 15)),
                     log=lines.append)
     history = model.train(x, y, x[:8], y[:8])
-    (seconds, spent, train, valid, save), replanned = calls
+    (seconds, spent, train, valid, save), *replanned = calls
     assert seconds == 120 and 0 <= spent < 120 and train > 0 and valid > 0 and save > 0
-    assert replanned[0] == 120 and spent < replanned[1] < 120  # after the first epoch's time
+    assert len(replanned) == 2  # after epochs 1 and 2, not after the last
+    assert all(r[0] == 120 for r in replanned)
+    assert spent < replanned[0][1] < replanned[1][1] < 120  # each after its epoch's time
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert model.config.max_epoch == 3 and model.config.lr_decay_epochs == (2,)  # 1.5 and 2.25
     assert any(line.startswith("budget 2 min:") and "3 epochs" in line for line in lines), lines
@@ -377,14 +379,15 @@ def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
     again = MyModel(tiny_config(tmp_path, budget_minutes=2.0, max_epoch=20, lr_decay_epochs=(10, 15)),
                     log=lines.append)
     again.train(x, y, x[:8], y[:8], resume="latest")
-    assert len(calls) == 2 and again.config.max_epoch == 3
+    assert len(calls) == 3 and again.config.max_epoch == 3
 
 
 def test_a_budget_run_replans_after_its_first_epoch_and_spends_a_share_of_the_last(
         tmp_path, monkeypatch):
-    """The first plan (3 epochs) is replaced once epoch 1's real time is known (3.5 more): the
-    run trains 4 whole epochs and half of a fifth, and its checkpoints hold that plan."""
-    answers = iter([3.0, 3.5])
+    """The first plan (3 epochs) is replaced once epoch 1's real time is known (3.5 more), and
+    kept after the later epochs (2.5, 1.5, 0.5 more): the run trains 4 whole epochs and half of
+    a fifth, and its checkpoints hold that plan."""
+    answers = iter([3.0, 3.5, 2.5, 1.5, 0.5])
     monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: next(answers))
     x, y = data(32)  # batch 8: 4 steps an epoch
     lines = []

@@ -92,28 +92,33 @@ def describe(changes: dict) -> str:
     return f"{epochs:g} epochs{decay}{warmup}"
 
 
-def replan(model, base, timing: dict, train_seconds: float, eval_seconds: float) -> dict:
-    """After the first (whole) epoch of a budget run planned in this process, before its
-    checkpoint, which then holds the plan that runs: the changes (as ``planned_changes``) that
-    fit the rest of the run into the budget at that epoch's real times, ``train_seconds`` of
-    training and ``eval_seconds`` of validation; {} when the plan stands (the same length, or a
-    new one that an explicit warm-up would not fit). ``base``: the configuration as the command
-    line made it, before the first plan; ``timing``: what ``fit`` measured. Under torchrun every
-    rank takes the slowest rank's plan."""
+def replan(model, base, timing: dict, epoch: int, train_seconds: float,
+           eval_seconds: float) -> dict:
+    """After each whole epoch but the last of a budget run planned in this process, before the
+    epoch's checkpoint, which then holds the plan that runs: the changes (as
+    ``planned_changes``) that fit the rest of the run into the budget at that epoch's real
+    times, ``train_seconds`` of training and ``eval_seconds`` of validation; {} when the plan
+    stands (the same length, or a new one that an explicit warm-up would not fit). The machine's
+    speed may change during a run (another process starts or ends), and the plan follows it.
+    ``base``: the configuration as the command line made it, before the first plan;
+    ``timing``: what ``fit`` measured. Under torchrun every rank takes the slowest rank's
+    plan."""
     cfg = model.config
     spent = time.monotonic() - model.started
     other_seconds = eval_seconds + timing["save_seconds"]
     rest = plan_epochs(cfg.budget_minutes * 60, spent, train_seconds, other_seconds)
     rest = distributed.agree_min(int(rest * 1000), model.runtime.collective_device()) / 1000
-    epoch_seconds, planned_seconds = train_seconds + other_seconds, timing["epoch_seconds"]
-    epochs = 1 + rest
+    epoch_seconds = train_seconds + other_seconds
+    planned_seconds = timing.get("last_epoch_seconds", timing["epoch_seconds"])
+    timing["last_epoch_seconds"] = epoch_seconds
+    epochs = epoch + rest
     old = cfg.max_epoch - 1 + cfg.final_epoch_share
     if abs(epochs - old) < 0.01 or (not base.from_recipe("warmup_epochs")
                                     and epochs <= base.warmup_epochs):
         return {}
     changes = planned_changes(base, epochs, epoch_seconds)
-    model.log(f"budget {cfg.budget_minutes:g} min: epoch 1 took {epoch_seconds:.0f} s against "
-              f"{planned_seconds:.0f} s planned -> {describe(changes)} in all")
+    model.log(f"budget {cfg.budget_minutes:g} min: epoch {epoch} took {epoch_seconds:.0f} s "
+              f"against {planned_seconds:.0f} s before -> {describe(changes)} in all")
     return changes
 
 

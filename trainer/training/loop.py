@@ -131,7 +131,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
 
     with stop_requests.StopRequests(model.dist.distributed) as stop:
         epoch = model.epoch
-        while epoch < cfg.max_epoch:  # a budget's replan may move max_epoch after epoch 1
+        while epoch < cfg.max_epoch:  # a budget's replan may move max_epoch after each epoch
             epoch += 1
             metrics = train_one_epoch(model, epoch, images, labels, start_step, partial, stop,
                                       folder, digest, pause_at)
@@ -139,8 +139,8 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
             began = time.perf_counter()
             if x_valid is not None and len(x_valid):
                 metrics["valid_acc"], metrics["valid_loss"] = model.validate(x_valid, y_valid)
-            if base is not None and epoch == 1 < cfg.max_epoch:
-                for key, value in budget.replan(model, base, timing, metrics["seconds"],
+            if base is not None and epoch < cfg.max_epoch:  # a budget planned here
+                for key, value in budget.replan(model, base, timing, epoch, metrics["seconds"],
                                                 time.perf_counter() - began).items():
                     setattr(cfg, key, value)
             best_before = max([m["valid_acc"] for m in model.history if "valid_acc" in m]
