@@ -8,7 +8,8 @@ step, in the memory format the trainer uses) on random batches prepared beforeha
 images per second: the median and the spread over --repeats, after one warm-up repeat. Which
 precision is faster depends on the CPU (bf16 gains much where the CPU has AMX, little or nothing
 where it has neither AMX nor AVX-512 BF16), so the CPU's name and its bf16 features are printed.
-A network is named as NAME or NAME@WIDTH_SCALE; resnet20, resnet56, ... are ResNet v1 of that depth.
+A network is named as NAME or NAME@WIDTH_SCALE; resnet20, resnet56, ... are ResNet v1 of that depth,
+and resnet50 is --network resnet50 (torchvision's, at 224 pixels; needs torchvision).
 """
 import argparse
 import os
@@ -29,8 +30,8 @@ from throughput import cpu_name  # noqa: E402
 def config_of(name: str, amp: str, batch_size: int) -> Config:
     network, _, width = name.partition("@")
     values = dict(amp=amp, batch_size=batch_size, device="cpu", lr_decay_epochs=())
-    if network.startswith("resnet") and network[6:].isdigit() and network != "resnet18" \
-            and network != "resnet9":
+    if network.startswith("resnet") and network[6:].isdigit() and \
+            network not in ("resnet9", "resnet18", "resnet50"):  # those are --network choices
         depth = int(network[6:])
         if (depth - 2) % 6:
             sys.exit(f"{network}: a ResNet v1 has depth 6n+2 (20, 32, 44, 56, 110)")

@@ -1,5 +1,7 @@
 """bench/usual_pipeline.py: the baseline's DataLoader workers augment independently.
-bench/gpu_check.sh: without CUDA it says so and writes nothing."""
+bench/gpu_check.sh: without CUDA it says so and writes nothing.
+bench/ablation.py: each variant trained and tested, the full run reused where it can be."""
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +45,34 @@ def test_gpu_check_without_cuda_says_so_and_writes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "gpu_check: no CUDA device on this machine; nothing to check\n"
     assert os.listdir(tmp_path) == []  # neither figures.txt nor the default gpu_check.txt
+
+
+ABLATION = os.path.join(ROOT, "bench", "ablation.py")
+
+
+def test_the_ablation_tests_each_variant_and_reuses_the_full_run_for_no_tta(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from cifar_files import write_cifar
+    data_dir = tmp_path / "data"
+    write_cifar(str(data_dir), n_per_batch=24, n_test=20)
+    tiny = ["--batch_size", "16", "--eval_batch_size", "64", "--device", "cpu", "--no_download",
+            "--amp", "off", "--width_scale", "0.25"]
+    command = [sys.executable, ABLATION, "--data_dir", str(data_dir), "--out", str(tmp_path / "ab"),
+               "--budget_minutes", "0.2", "--seeds", "3", "--variants", "full", "no_tta",
+               "random_flip", "--", *tiny]
+    r = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| full", "| no_tta", "| random_flip"]
+    for row in rows:
+        accuracy = float(row.split(" | ")[1].rstrip("%"))
+        assert 0 <= accuracy <= 100
+    # no_tta tests the full run's checkpoint: one training folder each for full and random_flip
+    assert sorted(os.listdir(tmp_path / "ab")) == ["full-s3", "random_flip-s3"]
+    assert sorted(f for f in os.listdir(tmp_path / "ab" / "full-s3") if f.endswith(".json")
+                  and f.startswith("ablation")) == ["ablation_test_off.json", "ablation_test_six.json"]
+    flipped = json.loads((tmp_path / "ab" / "random_flip-s3" / "config.json").read_text())
+    assert flipped["config"]["flip"] == "random" and flipped["config"]["seed"] == 3
+    # Run again, nothing is trained anew: the reports are reused.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout == r.stdout

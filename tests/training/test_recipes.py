@@ -403,6 +403,8 @@ def test_a_budget_run_replans_after_its_first_epoch_and_spends_a_share_of_the_la
     assert history[-1]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 17 / 18)))
     ckpt = load(tmp_path / "model" / "model-5.ckpt")
     assert ckpt["config"]["max_epoch"] == 5 and ckpt["config"]["final_epoch_share"] == 0.5
+    recorded = json.loads((tmp_path / "model" / "config.json").read_text())["config"]
+    assert recorded["max_epoch"] == 5 and recorded["final_epoch_share"] == 0.5
     assert load(tmp_path / "model" / "model-1.ckpt")["config"]["max_epoch"] == 5
 
 

@@ -23,6 +23,7 @@ class RunFolder:
         self.modeldir = model.config.modeldir
         self.writes = model.dist.is_main
         self.metrics_file = records.MetricsFile(self.modeldir) if self.writes else None
+        self.data = {}  # what config.json says of the data (start_records)
 
     def check_fresh_start(self, overwrite: bool) -> None:
         """A new run: refuse a folder holding another run's files, or with overwrite remove them."""
@@ -47,10 +48,17 @@ class RunFolder:
 
     def start_records(self, data: dict, history: list) -> None:
         """config.json (the run's flags, device and ``data``); metrics.csv holding ``history``."""
+        self.data = data
         if self.writes:
             model = self.model
             records.write_config(self.modeldir, model.config.to_dict(), model.runtime.device, data)
             self.metrics_file.start(history)
+
+    def plan_changed(self) -> None:
+        """config.json again, once a time budget planned the run anew (budget.replan)."""
+        if self.writes:
+            records.write_config(self.modeldir, self.model.config.to_dict(),
+                                 self.model.runtime.device, self.data)
 
     def record(self, metrics: dict) -> None:
         """One finished epoch's row of metrics.csv."""

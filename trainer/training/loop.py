@@ -140,9 +140,12 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
             if x_valid is not None and len(x_valid):
                 metrics["valid_acc"], metrics["valid_loss"] = model.validate(x_valid, y_valid)
             if base is not None and epoch < cfg.max_epoch:  # a budget planned here
-                for key, value in budget.replan(model, base, timing, epoch, metrics["seconds"],
-                                                time.perf_counter() - began).items():
+                changes = budget.replan(model, base, timing, epoch, metrics["seconds"],
+                                        time.perf_counter() - began)
+                for key, value in changes.items():
                     setattr(cfg, key, value)
+                if changes:
+                    folder.plan_changed()
             best_before = max([m["valid_acc"] for m in model.history if "valid_acc" in m]
                               + ([] if best_kept is None else [best_kept]), default=None)
             model.epoch = epoch
