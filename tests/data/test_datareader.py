@@ -809,8 +809,9 @@ def test_private_images_npz_is_named_as_such(tmp_path):
     assert_names(info, path)
 
 
-def test_private_images_folder_is_named_as_such(tmp_path):
-    with pytest.raises(DataError, match="is a folder") as info:
+def test_private_images_folder_without_images_is_named_as_such(tmp_path):
+    # A folder is a set of PNG/JPEG files (trainer/data/image_files.py); an empty one is refused.
+    with pytest.raises(DataError, match="holds no PNG or JPEG files") as info:
         load_testing_images(str(tmp_path))
     assert_names(info, tmp_path)
 
