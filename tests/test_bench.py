@@ -62,7 +62,7 @@ def test_the_ablation_tests_each_variant_and_reuses_the_full_run_for_no_tta(tmp_
                "random_flip", "--", *tiny]
     r = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| ")][2:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ")][1:]  # no header
     assert [row.split(" | ")[0] for row in rows] == ["| full", "| no_tta", "| random_flip"]
     for row in rows:
         accuracy = float(row.split(" | ")[1].rstrip("%"))
