@@ -1,7 +1,7 @@
 """The speed recipe with each of its techniques removed in turn (issue 18's ablation table).
 
-    python bench/ablation.py --data_dir /tmp/cifar10 --budget_minutes 5 --seeds 1 2 \\
-        --out /tmp/ablation [--variants full no_lookahead ...]
+    python bench/ablation.py --data_dir DATA --budget_minutes 5 --seeds 1 2 \\
+        --out OUT [--variants full no_lookahead ...]
 
 Every variant is ``main.py --mode train --recipe speed --budget_minutes B --train_all`` plus the
 flags that take one technique away (the table below), then ``--mode test`` of its last

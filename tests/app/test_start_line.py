@@ -45,12 +45,12 @@ def test_test_and_predict_do_not_point_at_a_config_json(capsys):
 
 
 def test_a_non_default_flag_is_listed_as_key_value_and_defaults_are_not():
-    config = Config(learning_rate=0.05, max_epoch=3, lr_decay_epochs=(2,), data_dir="/tmp/x",
+    config = Config(learning_rate=0.05, max_epoch=3, lr_decay_epochs=(2,), data_dir="data/mine",
                     momentum=0.9, weight_decay=2e-4).apply_recipe()  # the last two: defaults
     line = start_line(config)
     assert line.startswith("config: course recipe with ")
     assert listed(line) == {"learning_rate": "0.05", "max_epoch": "3", "lr_decay_epochs": "2",
-                            "data_dir": "/tmp/x"}
+                            "data_dir": "data/mine"}
 
 
 def test_values_that_follow_the_data_set_are_not_listed():
