@@ -26,7 +26,10 @@ NETWORKS = ("resnet", "resnet18", "simple_nn", "simple_cnn", "resnet9", "airbenc
 # CIFAR-10 against the course recipe; see BENCHMARKS.md.
 RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate": 0.2,
                "nesterov": True, "weight_decay": 5e-4, "no_decay_bn_bias": True,
-               "label_smoothing": 0.1, "normalize": "dataset", "max_epoch": 15}
+               "label_smoothing": 0.1, "normalize": "dataset", "max_epoch": 15,
+               # of airbench94's techniques, those that helped ResNet-20 in 15 epochs
+               # (BENCHMARKS.md, "The speed techniques on ResNet-20")
+               "translate": 2, "pad_mode": "reflect", "bias_lr_scale": 4.0, "tta": "six"}
 # --recipe speed: airbench94's recipe (Jordan 2024, arXiv 2404.00498, legacy/airbench94.py) on its
 # whitened convnet, with the width chosen for --budget_minutes (width_scale 0: see
 # trainer/training/sizing.py) and its six-view test-time augmentation the default of --mode test
@@ -34,7 +37,8 @@ RECIPE_FAST = {"lr_schedule": "onecycle", "warmup_epochs": 2.0, "learning_rate":
 RECIPE_SPEED = {"network": "airbench", "width_scale": 0.0, "whiten": True, "batch_size": 1024,
                 "decoupled": True, "learning_rate": 11.5, "weight_decay": 0.0153,
                 "momentum": 0.85, "nesterov": True, "bias_lr_scale": 64.0,
-                "label_smoothing": 0.2, "lr_schedule": "triangle", "lookahead": True,
+                "whiten_bias_share": 0.3, "label_smoothing": 0.2, "lr_schedule": "triangle",
+                "lookahead": True,
                 "flip": "alternating", "translate": 2, "pad_mode": "reflect",
                 "normalize": "dataset", "tta": "six", "max_epoch": 10}
 # --recipe transfer: fine-tune torchvision's ImageNet ResNet-50 (a DS542 CIFAR-100 report's
@@ -52,6 +56,7 @@ NETWORK_SPECIFIC = {"resnet_version": ("resnet",), "resnet_size": ("resnet",),
                     "shortcut": ("resnet", "resnet18"), "batch_norm": ("simple_nn", "simple_cnn"),
                     "activation": ("resnet", "resnet18", "simple_nn", "simple_cnn"),
                     "width_scale": ("resnet9", "airbench"), "whiten": ("airbench",),
+                    "whiten_bias_share": ("airbench",),
                     "pretrained": ("resnet50",), "pretrained_file": ("resnet50",),
                     "freeze_epochs": ("resnet50",), "input_size": ("resnet50",),
                     # resnet50 standardizes with the ImageNet statistics its weights expect
@@ -119,6 +124,9 @@ class Config:
     whiten: bool = _opt(False, "airbench: set the first layer's 12 filters (and their negatives) "
                                "from the covariance of the training images' 2x2 patches before a "
                                "fresh run, and keep them fixed (airbench94)")
+    whiten_bias_share: float = _opt(1.0, "airbench: the first (whitening) layer's bias learns "
+                                         "during this share of the run's steps, then stays "
+                                         "(airbench94: its first 3 of 9.9 epochs; 1: all run)")
     pretrained: str = _opt("none", "resnet50: none (random weights) or imagenet (torchvision's "
                                    "ImageNet weights, downloaded once into $TORCH_HOME, and a new "
                                    "head for the data set's classes)",
@@ -284,7 +292,7 @@ class Config:
                               f"not {self.num_classes}.")
         for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1",
                      "warmup_epochs", "label_smoothing", "ema", "budget_minutes", "dist_timeout",
-                     "bias_lr_scale", "lookahead_decay"):
+                     "bias_lr_scale", "lookahead_decay", "whiten_bias_share"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -322,6 +330,9 @@ class Config:
                               f"{self.ema}.")
         if not self.bias_lr_scale > 0:
             raise ConfigError(f"--bias_lr_scale must be positive, not {self.bias_lr_scale}.")
+        if not 0 <= self.whiten_bias_share <= 1:
+            raise ConfigError(f"--whiten_bias_share must be in [0, 1], not "
+                              f"{self.whiten_bias_share}.")
         if not 0 <= self.lookahead_decay <= 1:
             raise ConfigError(f"--lookahead_decay must be in [0, 1], not {self.lookahead_decay}.")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int) or \
@@ -420,7 +431,7 @@ class Config:
 RUN_DEFINING_KEYS: List[str] = [
     "network", "resnet_version", "resnet_size", "first_num_filters", "num_classes", "batch_norm",
     "downsample", "shortcut", "activation", "normalize", "dataset", "label_mode",
-    "width_scale", "whiten",
+    "width_scale", "whiten", "whiten_bias_share",
     "batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_decay_epochs",
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
     "lr_schedule", "warmup_epochs", "final_epoch_share", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",

@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "full": [],
     "no_whiten": ["--no_whiten"],                        # the first layer learns from scratch
+    "whiten_bias_all_run": ["--whiten_bias_share", "1"],  # not only the first 30% of steps
     "no_lookahead": ["--no_lookahead"],
     "random_flip": ["--flip", "random"],                 # instead of alternating
     "translate_4_zero_pad": ["--translate", "4", "--pad_mode", "constant"],  # the paper's crops

@@ -596,6 +596,7 @@ RUN_CHANGES = {
     "sync_bn": ["--sync_bn"],
     "width_scale": ["--width_scale", "0.5"],
     "whiten": ["--whiten"],
+    "whiten_bias_share": ["--whiten_bias_share", "0.5"],
     "bias_lr_scale": ["--bias_lr_scale", "64"],
     "decoupled": ["--decoupled"],
     "lookahead": ["--lookahead"],
@@ -642,8 +643,8 @@ def test_resume_of_a_different_run_is_refused(copy_of_run, tmp_path, capsys, key
     except SystemExit as e:  # argparse's way out, taken for a refused flag
         rc = e.code
     err = capsys.readouterr().err
-    if key in ("batch_norm", "width_scale", "whiten", "pretrained", "freeze_epochs",
-               "input_size"):  # flags of other networks: refused as flags
+    if key in ("batch_norm", "width_scale", "whiten", "whiten_bias_share", "pretrained",
+               "freeze_epochs", "input_size"):  # flags of other networks: refused as flags
         assert rc == 2 and f"--{key} does not apply to --network resnet" in err, err
     else:
         assert rc == 1

@@ -113,6 +113,39 @@ def test_resumed_whitened_run_is_bit_identical_and_not_whitened_again(tmp_path, 
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming"
 
 
+def test_whitening_bias_learns_only_in_its_share_of_the_run(tmp_path):
+    x, y = smooth_images(32)  # 4 steps an epoch, 8 in the run: the bias learns in steps 1 to 4
+    seen = {}
+
+    def bias_after(metrics):
+        seen[metrics["epoch"]] = model.network.whiten.bias.detach().clone()
+
+    model = MyModel(airbench_config(tmp_path / "half", max_epoch=2, whiten_bias_share=0.5),
+                    log=lambda *a: None)
+    model.epoch_callbacks.append(bias_after)
+    before = model.network.whiten.bias.detach().clone()
+    model.train(x, y)
+    assert not torch.equal(seen[1], before)  # it learned in the first half
+    assert torch.equal(seen[2], seen[1])  # and not a bit since
+    groups = model.optimizer.param_groups
+    assert [g["until"] for g in groups if "until" in g] == [0.5]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.network.parameters()))
+
+    whole = MyModel(airbench_config(tmp_path / "whole", max_epoch=2), log=lambda *a: None)
+    seen_whole = []
+    whole.epoch_callbacks.append(lambda m: seen_whole.append(whole.network.whiten.bias.clone()))
+    whole.train(x, y)
+    assert not torch.equal(seen_whole[1], seen_whole[0])  # by default it learns all run
+
+
+def test_whitening_bias_share_is_in_the_speed_recipe_and_checked():
+    assert Config(recipe="speed").apply_recipe().whiten_bias_share == 0.3
+    with pytest.raises(ConfigError, match="--whiten_bias_share must be in"):
+        Config(network="airbench", whiten_bias_share=1.5).validate()
+    with pytest.raises(ConfigError, match="--whiten_bias_share does not apply to --network resnet"):
+        Config(network="resnet", whiten_bias_share=0.3).check_applicable({"whiten_bias_share"})
+
+
 def test_whitening_refuses_a_first_layer_that_is_not_a_whitening_convolution():
     with pytest.raises(ValueError, match="whitening needs a first convolution"):
         whitening.first_convolution(build_network("resnet9"))

@@ -53,7 +53,7 @@ LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet"
                  "sync_bn": False, "budget_minutes": 0.0, "recipe": "course",
                  "bias_lr_scale": 1.0, "decoupled": False, "lookahead": False,
                  "lookahead_decay": 0.95 ** 5, "lookahead_every": 5, "translate": 4,
-                 "flip": "random"}
+                 "flip": "random", "whiten_bias_share": 1.0}
 
 
 class CheckpointError(RuntimeError):

@@ -208,8 +208,10 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
             stop_requests.wait_for_signal(stop, epoch, step)
         lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
         rate = lr * runtime.rate_scale(cfg)  # SGD's rate (the schedule's under --decoupled)
+        progress = ((epoch - 1) * len(slices) + step) / schedules.total_steps(cfg, len(slices))
         for group in model.optimizer.param_groups:
-            group["lr"] = rate * group.get("lr_scale", 1.0)
+            learning = progress < group.get("until", 1.0)  # --whiten_bias_share
+            group["lr"] = rate * group.get("lr_scale", 1.0) if learning else 0.0
         positions = slices[step]
         index = order[positions]
         x = rt.prepare_images(images[index], True, offsets[positions], flips[positions])

@@ -9,7 +9,7 @@ import torch
 
 import ImageUtils
 from NetWork import build_network
-from configure import Config, ConfigError
+from configure import Config, ConfigError, applies
 from trainer.parallel import distributed
 from trainer.training import pretrained
 
@@ -119,12 +119,15 @@ def configure_backends(config: Config, rt: Runtime) -> None:
 
 
 def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_bias: bool,
-                     bias_lr_scale: float = 1.0):
+                     bias_lr_scale: float = 1.0, early=None, early_share: float = 1.0):
     """The optimizer's parameter groups: one with weight decay for everything, or, with
     no_decay_bn_bias, a second one without it for the batch-norm weights and every bias. With
     bias_lr_scale other than 1 the batch-norm biases form a last group whose rate is that many
     times the others' (its ``lr_scale``, which the training loop applies) and whose decay is
-    divided by it, so that each step shrinks them as much as the rest (airbench94)."""
+    divided by it, so that each step shrinks them as much as the rest (airbench94). The parameter
+    ``early`` with early_share below 1 forms a group of its own, with the decay it would have had,
+    that learns only during the first early_share of the run (its ``until``, which the training
+    loop applies by giving it rate 0 from then on: SGD then leaves it exactly as it is)."""
     params = list(network.parameters())
     norm_biases = set()
     if bias_lr_scale != 1:
@@ -146,6 +149,13 @@ def parameter_groups(network: torch.nn.Module, weight_decay: float, no_decay_bn_
         decay = 0.0 if no_decay_bn_bias else weight_decay / bias_lr_scale
         groups.append({"params": [p for p in params if id(p) in norm_biases],
                        "weight_decay": decay, "lr_scale": bias_lr_scale})
+    if early is not None and early_share < 1:
+        for group in groups:
+            if any(p is early for p in group["params"]):
+                group["params"] = [p for p in group["params"] if p is not early]
+                groups.append({"params": [early], "weight_decay": group["weight_decay"],
+                               "lr_scale": group.get("lr_scale", 1.0), "until": early_share})
+                break
     return groups
 
 
@@ -164,8 +174,10 @@ def optimizer(network: torch.nn.Module, config: Config) -> torch.optim.SGD:
     rate times decay, is weight_decay * rate_scale at the full schedule, whatever the rate."""
     decay = config.weight_decay / config.learning_rate if config.decoupled else \
         config.weight_decay
+    early = network.whiten.bias if applies("whiten_bias_share", config.network) else None
     return torch.optim.SGD(
-        parameter_groups(network, decay, config.no_decay_bn_bias, config.bias_lr_scale),
+        parameter_groups(network, decay, config.no_decay_bn_bias, config.bias_lr_scale,
+                         early, config.whiten_bias_share),
         lr=config.learning_rate * rate_scale(config), momentum=config.momentum,
         nesterov=config.nesterov)
 
