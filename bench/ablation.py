@@ -11,7 +11,8 @@ after another, each with one thread (``OMP_NUM_THREADS=1``), so several ablation
 side on one machine, one per core (``taskset -c N``). Each variant's model folder is
 ``OUT/VARIANT-sSEED``; a finished one (its test report there) is not run again, so an ablation
 cut short continues where it stopped. Prints one Markdown row per variant: the median test
-accuracy over the seeds, each seed's, and the difference from the full recipe.
+accuracy over the seeds, each seed's, the difference from the full recipe, and the epochs each
+seed's run fitted into the budget.
 """
 import argparse
 import json
@@ -67,6 +68,14 @@ def tested_accuracy(folder: str, data_dir: str, tta: str) -> float:
     return rows[-1]["accuracy"]
 
 
+def epochs_trained(folder: str) -> float:
+    """The epochs folder's run trained, from its config.json: the budget's plan, the last epoch
+    a share of one."""
+    with open(os.path.join(folder, "config.json")) as f:
+        config = json.load(f)["config"]
+    return config["max_epoch"] - 1 + config["final_epoch_share"]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True)
@@ -76,7 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("extra", nargs="*", help="more main.py flags for every run, after --")
     args = parser.parse_args(argv)
-    results = {}
+    results, epochs = {}, {}
     for name in args.variants:
         for seed in args.seeds:
             trained = "full" if name == "no_tta" else name
@@ -88,15 +97,17 @@ def main(argv=None) -> None:
                      *VARIANTS[trained], *args.extra])
             tta = "off" if name == "no_tta" else "six"
             results.setdefault(name, []).append(tested_accuracy(folder, args.data_dir, tta))
+            epochs.setdefault(name, []).append(epochs_trained(folder))
     full = statistics.median(results["full"]) if "full" in results else None
     print(f"| variant | test accuracy, median of {len(args.seeds)} seeds | per seed | "
-          f"against full |")
-    print("|---|---|---|---|")
+          f"against full | epochs trained, per seed |")
+    print("|---|---|---|---|---|")
     for name, accs in results.items():
         median = statistics.median(accs)
         delta = "" if full is None or name == "full" else f"{100 * (median - full):+.2f}"
         print(f"| {name} | {100 * median:.2f}% | "
-              + ", ".join(f"{100 * a:.2f}" for a in accs) + f" | {delta} |")
+              + ", ".join(f"{100 * a:.2f}" for a in accs) + f" | {delta} | "
+              + ", ".join(f"{e:.2f}" for e in epochs[name]) + " |")
 
 
 if __name__ == "__main__":

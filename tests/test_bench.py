@@ -67,6 +67,12 @@ def test_the_ablation_tests_each_variant_and_reuses_the_full_run_for_no_tta(tmp_
     for row in rows:
         accuracy = float(row.split(" | ")[1].rstrip("%"))
         assert 0 <= accuracy <= 100
+    # the epochs each run fitted into the budget, from its config.json; no_tta's run is full's
+    epochs = {row.split(" | ")[0]: row.split(" | ")[4].rstrip(" |") for row in rows}
+    saved = json.loads((tmp_path / "ab" / "full-s3" / "config.json").read_text())["config"]
+    assert epochs["| full"] == epochs["| no_tta"] == \
+        f"{saved['max_epoch'] - 1 + saved['final_epoch_share']:.2f}"
+    assert float(epochs["| random_flip"]) > 0
     # no_tta tests the full run's checkpoint: one training folder each for full and random_flip
     assert sorted(os.listdir(tmp_path / "ab")) == ["full-s3", "random_flip-s3"]
     assert sorted(f for f in os.listdir(tmp_path / "ab" / "full-s3") if f.endswith(".json")
