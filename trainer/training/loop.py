@@ -200,6 +200,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
         pretrained.set_frozen(model.network, epoch <= cfg.freeze_epochs)
     start = time.perf_counter()
     steps = schedules.epoch_steps(cfg, epoch, len(slices))  # fewer in a budget's last epoch
+    total = schedules.total_steps(cfg, len(slices))  # replans come only between epochs
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
                leave=False, disable=bars_off(cfg, model.dist), unit="batch")
     lr = None
@@ -208,7 +209,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
             stop_requests.wait_for_signal(stop, epoch, step)
         lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
         rate = lr * runtime.rate_scale(cfg)  # SGD's rate (the schedule's under --decoupled)
-        progress = ((epoch - 1) * len(slices) + step) / schedules.total_steps(cfg, len(slices))
+        progress = ((epoch - 1) * len(slices) + step) / total
         for group in model.optimizer.param_groups:
             learning = progress < group.get("until", 1.0)  # --whiten_bias_share
             group["lr"] = rate * group.get("lr_scale", 1.0) if learning else 0.0
@@ -232,8 +233,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
         model.scaler.step(model.optimizer)
         model.scaler.update()
         if model.lookahead is not None:
-            model.lookahead.after_step(model.network, (epoch - 1) * len(slices) + step + 1,
-                                       schedules.total_steps(cfg, len(slices)))
+            model.lookahead.after_step(model.network, (epoch - 1) * len(slices) + step + 1, total)
         if model.ema is not None:
             model.ema.update(model.network)
 
