@@ -17,7 +17,7 @@ from trainer.evaluation import evaluate as evaluation
 from trainer.parallel import distributed
 from trainer.reports import reports
 from trainer.run import checkpoints, state
-from trainer.training import loop, runtime
+from trainer.training import loop, runtime, steps
 from trainer.training.ema import WeightAverage
 from trainer.training.lookahead import Lookahead
 # The names main.py and the tests know as Model.<name>:
@@ -77,8 +77,8 @@ class MyModel:
         return loop.open_resume(self, resume, overwrite)[1]
 
     def objective(self, logits: torch.Tensor, y: torch.Tensor):
-        """(what training minimizes, the cross-entropy it reports); see loop.objective."""
-        return loop.objective(self.config, self.network, logits, y)
+        """(what training minimizes, the cross-entropy it reports); see steps.objective."""
+        return steps.objective(self.config, self.network, logits, y)
 
     def checkpoint_file(self, epoch) -> str:
         return checkpoints.find_checkpoint(self.config.modeldir, epoch)

@@ -191,6 +191,9 @@ class Config:
     final_epoch_share: float = _opt(1.0, "share of its steps the last epoch trains: a "
                                          "--budget_minutes plan sets it to spend the budget "
                                          "(1: the whole epoch)")
+    plan_anchor: tuple = _opt((), "set by a --budget_minutes replan, not a flag: (step, progress, "
+                                   "rise, fall) where the plan changed, from which the schedule "
+                                   "goes on (trainer/training/schedules.py)", internal=True)
     save_interval: int = _opt(10, "write a checkpoint every this many epochs (and at the last one)")
     seed: int = _opt(0, "seed of the initial weights, the batch order and the augmentation "
                         "(0 to 2**63 - 1)")
@@ -418,6 +421,7 @@ class Config:
         """Plain types only, so a checkpoint holding it loads with weights_only=True."""
         d = dataclasses.asdict(self)
         d["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        d["plan_anchor"] = list(self.plan_anchor)
         return d
 
     @classmethod

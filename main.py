@@ -52,6 +52,36 @@ MODE_FLAGS = {"resume": ("train", "sweep"), "overwrite": ("train", "sweep"), "sw
               "checkpoint": ("predict",), "private_data": ("predict",), "output": ("predict",)}
 # Configuration fields of the same kind: they always have a value, so only one given is refused.
 MODE_FIELDS = {"tta": ("test", "predict"), "tensorboard": ("train", "sweep")}
+# --help in sections, each titled with the pages of the manual that tell more, so that --help reads
+# as the manual's index. A flag that none of them names lands in OTHER_SECTION, which
+# tests/test_docs.py keeps empty.
+HELP_SECTIONS = {
+    "runs: what to do, and where (README.md, docs/model-folder.md, docs/experiments.md)":
+        ("mode", "sweep", "resume", "overwrite", "modeldir"),
+    "data (docs/data.md)":
+        ("dataset", "label_mode", "data_dir", "download", "download_url", "split_index",
+         "train_all", "normalize"),
+    "network (docs/networks.md, docs/experiments.md)":
+        ("network", "resnet_version", "resnet_size", "first_num_filters", "num_classes",
+         "batch_norm", "downsample", "shortcut", "activation", "width_scale", "pretrained",
+         "pretrained_file", "input_size", "freeze_epochs"),
+    "training (docs/training.md)":
+        ("batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_schedule",
+         "lr_decay_epochs", "lr_decay_factor", "warmup_epochs", "nesterov", "no_decay_bn_bias",
+         "label_smoothing", "ema", "max_epoch", "save_interval", "seed"),
+    "recipes and budget (docs/training.md)":
+        ("recipe", "budget_minutes", "final_epoch_share", "plan_anchor"),
+    "speed techniques of airbench94 (docs/training.md)":
+        ("whiten", "whiten_bias_share", "decoupled", "bias_lr_scale", "lookahead",
+         "lookahead_decay", "lookahead_every", "translate", "pad_mode", "flip"),
+    "evaluation and outputs (docs/reports.md, docs/data.md)":
+        ("checkpoints", "eval_set", "json", "checkpoint", "private_data", "output", "tta",
+         "eval_batch_size", "quiet", "tensorboard"),
+    "hardware (docs/hardware.md, docs/torchrun.md)":
+        ("device", "channels_last", "amp", "compile", "cudnn_benchmark", "sync_bn",
+         "dist_timeout"),
+}
+OTHER_SECTION = "other flags"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -92,44 +122,51 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="ResNets on CIFAR-10: train, test checkpoints, predict a private set.",
         formatter_class=_HelpFormatter)
-    run = parser.add_argument_group("what to do")
-    run.add_argument("--mode", choices=("train", "test", "predict", "plot", "sweep"),
-                     default="train",
-                     help="train a network, test saved checkpoints, predict a private set, plot "
-                          "<modeldir>/curves.png from its metrics.csv (compare.png of several "
-                          "--modeldir), or train once per value of --sweep")
-    run.add_argument("--sweep", nargs="+", action="append", metavar="KEY_OR_VALUE",
-                     help="sweep: a configuration key and its values, e.g. --sweep learning_rate "
-                          "0.1 0.01; give it twice for a grid")
-    run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="N",
-                     type=_resume_value,
-                     help="train: continue from checkpoint N, or from the newest valid one in "
-                          "modeldir when N is left out")
-    run.add_argument("--overwrite", action="store_true", default=None,
-                     help="train: delete the checkpoints of an earlier run in modeldir and start "
-                          "anew (without it such a folder is refused); plot with several "
-                          "--modeldir: replace an existing compare.png and compare.csv")
-    run.add_argument("--checkpoints", type=_checkpoint_value, nargs="+", metavar="N",
-                     help="test: checkpoint numbers to evaluate, or best (default: the newest)")
-    run.add_argument("--json", metavar="PATH",
-                     help="test: also write the report (table, per-class accuracy, confusion "
-                          "matrix) as JSON to PATH")
-    run.add_argument("--eval_set", choices=("test", "valid"),
-                     help="test: evaluate on the test set or on the validation split the "
-                          "checkpoint was trained beside (default: test)")
-    run.add_argument("--checkpoint", type=_checkpoint_value, metavar="N",
-                     help="predict: checkpoint number to use, or best (default: the newest)")
-    run.add_argument("--private_data", metavar="P",
-                     help="predict: .npy of private images, or a PNG/JPEG file or folder of them "
-                          "(default: <data_dir>/private_test_images.npy)")
-    run.add_argument("--output", metavar="O",
-                     help="predict: where to write probabilities, an (N, classes) .npy, or a .csv "
-                          "of id,label (file,label,class_name,probability for image files) "
-                          "(default: <modeldir>/predictions.npy)")
+    groups = {title: parser.add_argument_group(title) for title in (*HELP_SECTIONS, OTHER_SECTION)}
+    named = {name: groups[title] for title, names in HELP_SECTIONS.items() for name in names}
 
-    cfg = parser.add_argument_group("configuration (configure.py)")
-    for f in dataclasses.fields(Config):
-        meta = f.metadata
+    def section(name: str):
+        return named.get(name, groups[OTHER_SECTION])
+
+    def add(name: str, **kwargs):
+        section(name).add_argument(f"--{name}", **kwargs)
+
+    add("mode", choices=("train", "test", "predict", "plot", "sweep"), default="train",
+        help="train a network, test saved checkpoints, predict a private set, plot "
+             "<modeldir>/curves.png from its metrics.csv (compare.png of several --modeldir), or "
+             "train once per value of --sweep")
+    add("sweep", nargs="+", action="append", metavar="KEY_OR_VALUE",
+        help="sweep: a configuration key and its values, e.g. --sweep learning_rate 0.1 0.01; "
+             "give it twice for a grid")
+    add("resume", nargs="?", const="latest", default=None, metavar="N", type=_resume_value,
+        help="train: continue from checkpoint N, or from the newest valid one in modeldir when N "
+             "is left out")
+    add("overwrite", action="store_true", default=None,
+        help="train: delete the checkpoints of an earlier run in modeldir and start anew (without "
+             "it such a folder is refused); plot with several --modeldir: replace an existing "
+             "compare.png and compare.csv")
+    add("checkpoints", type=_checkpoint_value, nargs="+", metavar="N",
+        help="test: checkpoint numbers to evaluate, or best (default: the newest)")
+    add("json", metavar="PATH",
+        help="test: also write the report (table, per-class accuracy, confusion matrix) as JSON "
+             "to PATH")
+    add("eval_set", choices=("test", "valid"),
+        help="test: evaluate on the test set or on the validation split the checkpoint was "
+             "trained beside (default: test)")
+    add("checkpoint", type=_checkpoint_value, metavar="N",
+        help="predict: checkpoint number to use, or best (default: the newest)")
+    add("private_data", metavar="P",
+        help="predict: .npy of private images, or a PNG/JPEG file or folder of them (default: "
+             "<data_dir>/private_test_images.npy)")
+    add("output", metavar="O",
+        help="predict: where to write probabilities, an (N, classes) .npy, or a .csv of id,label "
+             "(file,label,class_name,probability for image files) (default: "
+             "<modeldir>/predictions.npy)")
+
+    # Each section lists its flags in the order HELP_SECTIONS gives, the flags above first.
+    order = {name: i for i, name in enumerate(n for names in HELP_SECTIONS.values() for n in names)}
+    for f in sorted(dataclasses.fields(Config), key=lambda f: order.get(f.name, len(order))):
+        meta, cfg = f.metadata, section(f.name)
         if f.type is bool or isinstance(f.default, bool):
             group = cfg.add_mutually_exclusive_group()
             group.add_argument(f"--{f.name}", dest=f.name, action="store_true",

@@ -6,8 +6,9 @@
 For every network and precision it times the bare training step (forward, loss, backward, SGD
 step, in the memory format the trainer uses) on random batches prepared beforehand, and prints
 images per second: the median and the spread over --repeats, after one warm-up repeat. Which
-precision is faster depends on the CPU (bf16 gains much where the CPU has AMX, little or nothing
-where it has neither AMX nor AVX-512 BF16), so the CPU's name and its bf16 features are printed.
+precision is faster depends on the CPU (measured, BENCHMARKS.md: bf16 3.3 to 4.5 times slower than
+fp32 on an Intel Xeon without AMX or AVX-512 BF16, 1.7 to 1.8 times faster on an AMD EPYC with
+AVX-512 BF16), so the CPU's name and its bf16 features are printed.
 A network is named as NAME or NAME@WIDTH_SCALE; resnet20, resnet56, ... are ResNet v1 of that depth,
 and resnet50 is --network resnet50 (torchvision's, at 224 pixels; needs torchvision).
 """

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from trainer.training import budget
+from trainer.training import budget_plan
 import main
 from cifar_files import make_batch, write_cifar
 from configure import Config
@@ -75,7 +75,7 @@ def test_a_diverging_l1_run_names_l1(data_dir, tmp_path, capsys):
 def test_resuming_a_budget_run_without_its_budget_names_it(data_dir, tmp_path, capsys,
                                                              monkeypatch):
     plans = iter([2, 1])  # 2 epochs; after the first, the one left (the speed is not the point)
-    monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: next(plans))
+    monkeypatch.setattr(budget_plan, "plan_epochs", lambda *a, **k: next(plans))
     modeldir = tmp_path / "budget"
     assert run(capsys, *flags(data_dir, modeldir, *SMALL_RESNET, "--budget_minutes", 5))[0] == 0
     rc, err = run(capsys, *flags(data_dir, modeldir, *SMALL_RESNET, "--resume", "--max_epoch", 4))

@@ -84,6 +84,25 @@ def test_predict_a_single_image_to_npy(trained, photos, tmp_path):
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("given", [True, False], ids=["--output", "default output"])
+def test_a_folder_to_an_npy_is_refused_since_its_rows_would_name_no_file(trained, photos,
+                                                                         tmp_path, given):
+    # An .npy holds bare rows: with c_broken.png skipped, row 2 would be ODD_NAME, and nothing
+    # in the file would say so.
+    flags, modeldir = trained
+    folder, _ = photos
+    output = str(tmp_path / "probs.npy")
+    before = sorted(os.listdir(modeldir))
+    done = run_main(flags + ["--private_data", str(folder)]
+                    + (["--output", output] if given else []))
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "--output" in lines[0] and ".csv" in lines[0] and str(folder) in lines[0], lines[0]
+    assert "Traceback" not in done.stderr and "warning" not in done.stderr  # refused first
+    assert not os.path.exists(output) and sorted(os.listdir(modeldir)) == before
+
+
 def test_an_npy_set_still_gives_id_label_rows(trained, tmp_path):
     flags, _ = trained
     private, output = str(tmp_path / "set.npy"), str(tmp_path / "out.csv")

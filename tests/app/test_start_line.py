@@ -4,10 +4,12 @@ import dataclasses
 import json
 import os
 
+import numpy as np
+
 from cifar_files import write_cifar
 from cli_tools import TINY, run_main
-from configure import RECIPE_FAST, Config
-from trainer.app.console import announce, start_line
+from configure import ARCHITECTURE_KEYS, RECIPE_FAST, Config
+from trainer.app.console import TrainedWith, announce, start_line
 
 
 def listed(line: str) -> dict:
@@ -108,3 +110,47 @@ def test_the_command_line_prints_the_short_line_and_config_json_keeps_the_full_s
     assert r.returncode == 0, r.stderr
     first = r.stdout.splitlines()[0]
     assert first.startswith("config: course recipe with ") and "full set" not in first, first
+
+
+def test_test_and_predict_name_the_recipe_their_checkpoint_was_trained_with():
+    # test and predict run with the command line's values (here the course recipe's) and the
+    # network and test-time augmentation of the checkpoint, whose recipe the line names.
+    speed = Config(recipe="speed").apply_recipe()
+    config = dataclasses.replace(Config().apply_recipe(), data_dir="data/mine", tta="six",
+                                 **{key: getattr(speed, key) for key in ARCHITECTURE_KEYS})
+    config.width_scale = 0.5  # the width the recipe chose for its budget
+    trained = TrainedWith("model-10.ckpt", "speed", tuple(ARCHITECTURE_KEYS) + ("tta",))
+    line = start_line(config, trained_with=trained)
+    assert line.startswith("config: speed recipe with ")
+    assert line.endswith("; network from model-10.ckpt")
+    assert listed(line) == {"width_scale": "0.5", "data_dir": "data/mine"}
+    # --tta off given for a checkpoint whose recipe tests with six views is news
+    assert listed(start_line(dataclasses.replace(config, tta="off"), trained_with=trained)) == \
+        {"width_scale": "0.5", "data_dir": "data/mine", "tta": "off"}
+    course = dataclasses.replace(Config().apply_recipe(), resnet_size=1)
+    line = start_line(course, trained_with=TrainedWith("model-3.ckpt", "course", ("resnet_size",)))
+    assert line == "config: course recipe with resnet_size=1; network from model-3.ckpt"
+
+
+def test_the_start_line_of_test_and_predict_on_a_speed_checkpoint(tmp_path):
+    data_dir, modeldir = str(tmp_path / "data"), str(tmp_path / "m")
+    write_cifar(data_dir, n_per_batch=8, n_test=8)
+    common = ["--data_dir", data_dir, "--modeldir", modeldir, "--device", "cpu", "--no_download",
+              "--amp", "off", "--quiet"]
+    r = run_main(["--mode", "train", "--recipe", "speed", "--width_scale", "0.25", "--batch_size",
+                  "16", "--max_epoch", "1", "--split_index", "32", *common])
+    assert r.returncode == 0, r.stderr
+    private = str(tmp_path / "private.npy")
+    np.save(private, np.zeros((2, 32, 32, 3), np.uint8))
+    for mode in (["--mode", "test"],
+                 ["--mode", "predict", "--private_data", private, "--output",
+                  str(tmp_path / "p.npy")]):
+        r = run_main([*mode, *common])
+        assert r.returncode == 0, r.stderr
+        first, second = r.stdout.splitlines()[:2]
+        assert first.startswith("config: speed recipe with "), first
+        assert first.endswith("; network from model-1.ckpt"), first
+        assert listed(first) == {"width_scale": "0.25", "data_dir": data_dir,
+                                 "modeldir": modeldir, "device": "cpu", "download": "False",
+                                 "amp": "off", "quiet": "True"}
+        assert second.startswith("--tta six: the default for "), second  # after the start line

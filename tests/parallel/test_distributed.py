@@ -18,8 +18,10 @@ import torch.multiprocessing as mp
 from trainer.run import checkpoints
 from trainer.parallel import distributed
 from trainer.reports import plots
-from cifar_files import write_cifar
+from cifar_files import make_batch, write_cifar
 from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
+from configure import Config
+from Model import MyModel
 from trainer.training.batches import batch_slices, global_batch_sizes
 
 TIMEOUT = 240
@@ -278,6 +280,113 @@ def test_sync_bn_makes_two_processes_step_like_one(cifar, tmp_path):
     # Without it each rank normalizes by the statistics of its own 8 images: not the same step.
     plain = _one_step(cifar, str(tmp_path / "plain"), 2)
     assert _largest_difference(single, plain) > 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# --freeze_epochs (ResNet-50) on two processes
+
+@pytest.fixture(scope="module")
+def resnet50_weights(tmp_path_factory):
+    """(path, state_dict): a ResNet-50 with random weights in torchvision's format, for
+    --pretrained_file (tests never download)."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(123)
+    state = tv.models.resnet50().state_dict()
+    path = str(tmp_path_factory.mktemp("r50") / "resnet50.pth")
+    torch.save(state, path)
+    return path, state
+
+
+def _r50_args(cifar, modeldir, weights, *extra):
+    """A ResNet-50 at 32 pixels on 16 training images: two global batches of 8, 4 per rank."""
+    return ["--mode", "train", "--data_dir", cifar, "--modeldir", modeldir, "--network",
+            "resnet50", "--pretrained", "imagenet", "--pretrained_file", weights,
+            "--input_size", "32", "--split_index", "16", "--batch_size", "8",
+            "--learning_rate", "0.01", "--lr_decay_epochs", "--device", "cpu", "--no_download",
+            "--eval_batch_size", "64", "--amp", "off", "--quiet", "--save_interval", "1",
+            *map(str, extra)]
+
+
+def _backbone_unchanged(state: dict, reference: dict) -> bool:
+    """Every weight and batch-norm statistic outside the head (fc) as in reference."""
+    keys = [k for k in reference if not k.startswith("fc.")]
+    assert keys and all(k in state for k in keys)
+    return all(torch.equal(state[k], reference[k]) for k in keys)
+
+
+def test_a_frozen_backbone_trains_on_two_processes_and_resumes_exactly(cifar, resnet50_weights,
+                                                                       tmp_path):
+    # Epochs 1 and 2 frozen, 3 free. DDP registers the parameters that take a gradient when it
+    # wraps the network, so each change of the frozen state needs a wrapper of its own.
+    weights, state = resnet50_weights
+    straight = str(tmp_path / "straight")
+    r = torchrun(_r50_args(cifar, straight, weights, "--freeze_epochs", 2, "--max_epoch", 3))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _backbone_unchanged(load(os.path.join(straight, "model-2.ckpt"))["model"], state)
+    assert not _backbone_unchanged(load(os.path.join(straight, "model-3.ckpt"))["model"], state)
+
+    # Resumed into a frozen epoch (2, then the change to 3) ...
+    split = str(tmp_path / "split")
+    r = torchrun(_r50_args(cifar, split, weights, "--freeze_epochs", 2, "--max_epoch", 1))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = torchrun(_r50_args(cifar, split, weights, "--freeze_epochs", 2, "--max_epoch", 3,
+                           "--resume"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_training_state(load(os.path.join(straight, "model-3.ckpt")),
+                               load(os.path.join(split, "model-3.ckpt")))
+
+    # ... and into a free one (3, from the frozen epoch 2's checkpoint).
+    again = str(tmp_path / "again")
+    shutil.copytree(straight, again)
+    r = torchrun(_r50_args(cifar, again, weights, "--freeze_epochs", 2, "--max_epoch", 3,
+                           "--resume", 2, "--overwrite"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_training_state(load(os.path.join(straight, "model-3.ckpt")),
+                               load(os.path.join(again, "model-3.ckpt")))
+
+
+def _frozen_then_free_with_sync_bn(rank, store_path, weights, modeldir, out):
+    """One rank of a --sync_bn run: epoch 1 frozen, epoch 2 free; each rank saves its own
+    weights and buffers before training and after each epoch (rank 1 writes no checkpoint)."""
+    torch.set_num_threads(1)  # as torchrun sets it: two ranks share the cores
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        context = distributed.Context(rank=rank, world_size=2, local_rank=rank, backend="gloo")
+        x, y = make_batch(16, np.random.default_rng(0))
+        config = Config(network="resnet50", pretrained="imagenet", pretrained_file=weights,
+                        input_size=32, freeze_epochs=1, max_epoch=1, batch_size=8,
+                        learning_rate=0.01, lr_decay_epochs=(), save_interval=1, device="cpu",
+                        amp="off", eval_batch_size=64, modeldir=modeldir, sync_bn=True)
+        model = MyModel(config, log=lambda *a: None, context=context)
+        assert isinstance(model.network.bn1, torch.nn.modules.batchnorm._BatchNorm)
+        assert not isinstance(model.network.bn1, torch.nn.BatchNorm2d)  # synchronized
+        torch.save(model.network.state_dict(), os.path.join(out, f"start-{rank}.pt"))
+        model.train(x, y)
+        torch.save(model.network.state_dict(), os.path.join(out, f"frozen-{rank}.pt"))
+        model.config.max_epoch = 2  # the same model trains on: the frozen state changes
+        model.train(x, y, resume="latest")
+        torch.save(model.network.state_dict(), os.path.join(out, f"free-{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_bn_keeps_a_frozen_backbone_fixed_and_both_ranks_train_it_alike(resnet50_weights,
+                                                                             tmp_path):
+    weights, state = resnet50_weights
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.spawn(_frozen_then_free_with_sync_bn,
+             args=(str(tmp_path / "store"), weights, str(tmp_path / "m"), str(out)), nprocs=2)
+    start, frozen, free = ([load(str(out / f"{when}-{rank}.pt")) for rank in (0, 1)]
+                           for when in ("start", "frozen", "free"))
+    for rank in (0, 1):  # the running statistics as well as the weights
+        assert _backbone_unchanged(frozen[rank], state), f"rank {rank}"
+        assert not torch.equal(frozen[rank]["fc.weight"], start[rank]["fc.weight"])  # the head
+    for key in state:  # the free epoch trains the backbone, on both ranks alike
+        assert torch.equal(free[0][key], free[1][key]), key
+    for key in ("conv1.weight", "layer4.2.conv3.weight", "bn1.weight", "bn1.running_mean",
+                "layer1.0.bn1.running_var"):
+        assert not torch.equal(free[0][key], state[key]), key
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 beside the first folder (trainer/reports/compare.py reads and labels, plots.py draws). The runs
 are written by hand, in the formats training writes (metrics.csv, config.json, --json reports)."""
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -9,15 +10,19 @@ import sys
 import pytest
 
 import main
+from cifar_files import write_cifar
+from cli_tools import TINY, run_main
 from configure import Config
 from trainer.reports import compare, plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(folder, valid_accs, valid=True, report=None, **flags):
+def write_run(folder, valid_accs, valid=True, planned=None, **flags):
     """A model folder as training leaves it: a metrics.csv row per accuracy in valid_accs (the
-    training loss 1/epoch, 10 seconds an epoch) and config.json of Config(**flags)."""
+    training loss 1/epoch, 10 seconds an epoch) and config.json of Config(**flags), its --recipe
+    applied (the flags given win) and then the values a run plans itself (``planned``: a
+    budget's epochs, the speed recipe's width)."""
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "metrics.csv"), "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -26,18 +31,37 @@ def write_run(folder, valid_accs, valid=True, report=None, **flags):
             writer.writerow([epoch, 0.1, f"{1 / epoch:.10g}", 0.5, f"{2 / epoch:.10g}" if valid
                              else "", acc if valid else "", 10, 300])
     config = Config(modeldir=str(folder), data_dir=f"/data/{os.path.basename(folder)}",
-                    device="cpu" if valid else "cuda", **flags).to_dict()
+                    device="cpu" if valid else "cuda", **flags).apply_recipe(explicit=set(flags))
+    for key, value in (planned or {}).items():
+        setattr(config, key, value)
+    config = config.to_dict()
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump({"config": config, "device": "cpu", "data": {"dataset": "cifar10"}}, f)
     return str(folder)
 
 
+def write_checkpoint(folder, name, content=b"weights"):
+    """A checkpoint file (its bytes stand for the weights: a report is tied to them)."""
+    with open(os.path.join(folder, name), "wb") as f:
+        f.write(content)
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def write_report(path, entries, mtime, set_name="test"):
-    """A --mode test --json report holding [(checkpoint, epoch, accuracy)], dated mtime."""
+    """A --mode test --json report holding [(checkpoint, epoch, accuracy)], dated mtime, of the
+    checkpoints in the report's folder as they are now (a checkpoint not there gets a digest of
+    nothing)."""
+    folder = os.path.dirname(path)
+    digests = {c: sha256(os.path.join(folder, c)) if os.path.exists(os.path.join(folder, c))
+               else hashlib.sha256(b"").hexdigest() for c, _, _ in entries}
     report = {"set": set_name, "best": entries[0][0], "classes": ["0"], "per_class": [],
               "confusion_matrix": [[1]], "weights": None,
               "checkpoints": [{"checkpoint": c, "epoch": e, "accuracy": a, "loss": 1.0,
-                               "images": 100} for c, e, a in entries]}
+                               "images": 100, "sha256": digests[c]} for c, e, a in entries]}
     with open(path, "w") as f:
         json.dump(report, f)
     os.utime(path, (mtime, mtime))
@@ -84,8 +108,50 @@ def test_labels_fall_back_to_the_folder_name_when_nothing_differs(tmp_path):
     assert compare.labels(runs) == ["first", "second"]
 
 
+def test_runs_of_other_recipes_and_budgets_are_labelled_by_them_not_by_what_those_set(tmp_path):
+    # The speed recipe sets some twenty keys and chooses its width; a budget plans the epochs,
+    # the last epoch's share and the warm-up. None of that is the user's choice.
+    course = write_run(tmp_path / "course", [0.5])
+    speed = write_run(tmp_path / "speed", [0.5], recipe="speed", planned={"width_scale": 1.0})
+    budget = write_run(tmp_path / "speed5", [0.5], recipe="speed", budget_minutes=5.0,
+                       planned={"width_scale": 0.75, "max_epoch": 7, "final_epoch_share": 0.4})
+    runs, _ = compare.load_runs([course, speed, budget])
+    assert compare.labels(runs) == ["recipe=course, budget_minutes=0.0",
+                                    "recipe=speed, budget_minutes=0.0",
+                                    "recipe=speed, budget_minutes=5.0"]
+
+
+def test_budgets_are_labelled_by_their_minutes_not_by_the_epochs_they_planned(tmp_path):
+    a = write_run(tmp_path / "a", [0.5], budget_minutes=5.0,
+                  planned={"max_epoch": 40, "final_epoch_share": 0.25, "lr_decay_epochs": (20, 30)})
+    b = write_run(tmp_path / "b", [0.5], budget_minutes=10.0,
+                  planned={"max_epoch": 81, "final_epoch_share": 0.5, "lr_decay_epochs": (40, 61)})
+    fast = write_run(tmp_path / "fast", [0.5], recipe="fast", budget_minutes=10.0,
+                     planned={"max_epoch": 12, "final_epoch_share": 0.9, "warmup_epochs": 1.6})
+    runs, _ = compare.load_runs([a, b, fast])
+    assert compare.labels(runs) == ["recipe=course, budget_minutes=5.0",
+                                    "recipe=course, budget_minutes=10.0",
+                                    "recipe=fast, budget_minutes=10.0"]
+
+
+def test_a_value_given_over_a_recipe_is_labelled_and_one_of_another_network_is_not(tmp_path):
+    speed = write_run(tmp_path / "speed", [0.5], recipe="speed", planned={"width_scale": 1.0})
+    faster = write_run(tmp_path / "lr5", [0.5], recipe="speed", learning_rate=5.0,
+                       planned={"width_scale": 1.0})
+    small = write_run(tmp_path / "r8", [0.5], resnet_size=1)
+    plain = write_run(tmp_path / "r20", [0.5])
+    runs, _ = compare.load_runs([speed, faster, small, plain])
+    # resnet_size shapes the ResNets only: airbench's default value of it is no difference
+    assert compare.labels(runs) == ["recipe=speed, learning_rate=11.5",
+                                    "recipe=speed, learning_rate=5.0",
+                                    "recipe=course, resnet_size=1, learning_rate=0.1",
+                                    "recipe=course, resnet_size=3, learning_rate=0.1"]
+
+
 def test_test_accuracy_comes_from_the_newest_test_report_best_checkpoint_first(tmp_path):
     folder = write_run(tmp_path / "a", [0.5, 0.6, 0.7])
+    for name in ("model-2.ckpt", "model-3.ckpt", "model-best.ckpt"):
+        write_checkpoint(folder, name, name.encode())
     write_report(os.path.join(folder, "old.json"), [("model-3.ckpt", 3, 0.9)], 1_000)
     write_report(os.path.join(folder, "new.json"),
                  [("model-3.ckpt", 3, 0.55), ("model-best.ckpt", 2, 0.61)], 2_000)
@@ -95,6 +161,47 @@ def test_test_accuracy_comes_from_the_newest_test_report_best_checkpoint_first(t
     write_report(os.path.join(folder, "newest.json"), [("model-2.ckpt", 2, 0.4),
                                                        ("model-3.ckpt", 3, 0.45)], 4_000)
     assert compare.find_test_accuracy(folder) == (0.45, "model-3.ckpt", "newest.json")
+
+
+def test_a_test_report_counts_only_while_the_checkpoint_it_tested_is_in_the_folder(tmp_path):
+    folder = write_run(tmp_path / "a", [0.5, 0.6])
+    write_checkpoint(folder, "model-2.ckpt", b"the first run")
+    write_checkpoint(folder, "model-best.ckpt", b"the first run's best")
+    write_report(os.path.join(folder, "report.json"),
+                 [("model-2.ckpt", 2, 0.55), ("model-best.ckpt", 2, 0.6)], 1_000)
+    run = compare.read_run(folder)
+    assert run.test == (0.6, "model-best.ckpt", "report.json") and run.notes == []
+    # --overwrite trains a new run into the folder: the report tested the old one's weights
+    write_checkpoint(folder, "model-2.ckpt", b"the second run")
+    write_checkpoint(folder, "model-best.ckpt", b"the second run's best")
+    run = compare.read_run(folder)
+    assert run.test is None
+    assert len(run.notes) == 1 and "report.json" in run.notes[0] and "--mode test" in run.notes[0]
+    # trained further (--resume): model-best.ckpt moved on, model-2.ckpt is the one tested
+    write_checkpoint(folder, "model-2.ckpt", b"the first run")
+    assert compare.read_run(folder).test == (0.55, "model-2.ckpt", "report.json")
+    # a report written before reports named what they tested cannot be tied to the run
+    with open(os.path.join(folder, "report.json")) as f:
+        report = json.load(f)
+    for entry in report["checkpoints"]:
+        del entry["sha256"]
+    with open(os.path.join(folder, "report.json"), "w") as f:
+        json.dump(report, f)
+    run = compare.read_run(folder)
+    assert run.test is None and len(run.notes) == 1 and "report.json" in run.notes[0]
+
+
+def test_a_report_naming_a_path_outside_the_folder_is_not_followed(tmp_path):
+    folder = write_run(tmp_path / "a", [0.5])
+    outside = tmp_path / "model-1.ckpt"
+    outside.write_bytes(b"weights")
+    write_report(os.path.join(folder, "report.json"), [("model-1.ckpt", 1, 0.5)], 1_000)
+    with open(os.path.join(folder, "report.json")) as f:
+        report = json.load(f)
+    report["checkpoints"][0].update(checkpoint="../model-1.ckpt", sha256=sha256(outside))
+    with open(os.path.join(folder, "report.json"), "w") as f:
+        json.dump(report, f)
+    assert compare.find_test_accuracy(folder) is None
 
 
 def test_runs_without_validation_are_drawn_only_when_no_run_has_validation(tmp_path):
@@ -117,6 +224,7 @@ def test_compare_writes_the_table_csv_and_png_beside_the_first_folder(tmp_path, 
     a = write_run(runs / "relu", [0.30, 0.52, 0.48], activation="relu")  # 3 epochs
     b = write_run(runs / "swish", [0.20, 0.40, 0.61, 0.61, 0.59], activation="swish")  # 5
     c = write_run(runs / "all", [0.9, 0.9], valid=False, train_all=True)  # no validation
+    write_checkpoint(b, "model-5.ckpt")
     write_report(os.path.join(b, "report.json"), [("model-5.ckpt", 5, 0.57)], 1_000)
     rc, out, err = run(["--mode", "plot", "--modeldir", a, b, c], capsys)
     assert rc == 0, err
@@ -131,12 +239,44 @@ def test_compare_writes_the_table_csv_and_png_beside_the_first_folder(tmp_path, 
         [("0.52", "2"), ("0.61", "3"), ("", "")]  # the first epoch of equals
     assert [float(r["final_train_loss"]) for r in rows] == [pytest.approx(1 / 3),
                                                            pytest.approx(1 / 5), 0.5]
-    assert [float(r["seconds"]) for r in rows] == [30, 50, 20]
+    # what the column counts is in its name: the epochs' training time, as metrics.csv has it
+    assert list(rows[0]) == ["run", "differs", "best_valid_acc", "best_epoch",
+                             "final_train_loss", "train_seconds", "test_acc"]
+    assert [float(r["train_seconds"]) for r in rows] == [30, 50, 20]
     assert [r["test_acc"] for r in rows] == ["", "0.57", ""]
     with open(runs / "compare.png", "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
     assert sorted(os.listdir(runs)) == ["all", "compare.csv", "compare.png", "relu", "swish"]
     assert sorted(os.listdir(a)) == ["config.json", "metrics.csv"]  # nothing written in a run
+
+
+def test_a_report_of_the_run_that_overwrite_replaced_is_not_its_test_acc(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    data_dir = str(tmp_path / "data")
+    write_cifar(data_dir, n_per_batch=8, n_test=8)
+    common = [*TINY, "--data_dir", data_dir, "--split_index", "32", "--max_epoch", "1", "--quiet"]
+    a, b = str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")
+    for folder, seed in ((a, "1"), (b, "2")):
+        done = run_main(["--mode", "train", "--modeldir", folder, "--seed", seed, *common])
+        assert done.returncode == 0, done.stderr
+    report = os.path.join(a, "report.json")
+    done = run_main(["--mode", "test", "--modeldir", a, "--json", report, *common])
+    assert done.returncode == 0, done.stderr
+    with open(report) as f:
+        tested = json.load(f)["checkpoints"][0]
+    assert tested["checkpoint"] == "model-1.ckpt"
+    rc, out, err = run(["--mode", "plot", "--modeldir", a, b], capsys)
+    assert rc == 0, err
+    rows = read_csv(tmp_path / "runs" / "compare.csv")
+    assert float(rows[0]["test_acc"]) == tested["accuracy"] and rows[1]["test_acc"] == ""
+
+    done = run_main(["--mode", "train", "--modeldir", a, "--seed", "3", "--overwrite", *common])
+    assert done.returncode == 0, done.stderr
+    assert os.path.exists(report)  # the user's file: --overwrite leaves it
+    rc, out, err = run(["--mode", "plot", "--modeldir", a, b, "--overwrite"], capsys)
+    assert rc == 0, err
+    assert [r["test_acc"] for r in read_csv(tmp_path / "runs" / "compare.csv")] == ["", ""]
+    assert f"note: {a}: report.json" in out, out
 
 
 def test_the_picture_has_one_line_per_run_over_its_own_epochs():

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer.training import budget
+from trainer.training import budget_plan
 from trainer.run import checkpoints
 from cifar_files import make_batch, write_cifar
 from cli_tools import TINY, load, run_main, snapshot
@@ -152,7 +152,7 @@ def test_a_new_run_refuses_a_folder_holding_a_file_it_would_write(data_dir, tmp_
 
 def test_config_json_of_a_budget_run_records_the_plan(tmp_path, monkeypatch):
     plans = iter([3, 2, 1])  # 3 epochs; after each, those left (the speed is not the point)
-    monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: next(plans))
+    monkeypatch.setattr(budget_plan, "plan_epochs", lambda *a, **k: next(plans))
     x, y = make_batch(32, np.random.default_rng(0))
     config = Config(resnet_size=1, first_num_filters=4, batch_size=8, device="cpu",
                     modeldir=str(tmp_path / "budget"), eval_batch_size=64, budget_minutes=1.0,

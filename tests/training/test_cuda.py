@@ -12,6 +12,7 @@ from ImageUtils import draw_batch_crop_flip, preprocess_batch
 from Model import MyModel
 from trainer.evaluation.evaluate import logits as logits_of
 from trainer.run.checkpoints import read_checkpoint
+from trainer.training import runtime
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -31,11 +32,44 @@ def test_amp_auto_is_off_on_cpu_and_explicit_choices_hold(tmp_path):
     assert fp16.amp_dtype == torch.float16 and fp16.scaler.is_enabled()
 
 
+# A machine of four GPUs, by compute capability: bf16 is native from 8.0 (Ampere) on; a T4 or
+# V100 only emulates it, and torch.cuda.is_bf16_supported() says yes there all the same.
+GPUS = {0: (8, 0), 1: (7, 5), 2: (7, 0), 3: (9, 0)}  # A100, T4, V100, H100
+CURRENT = 1  # torch.cuda.current_device(): a T4, so that asking it instead of the run's shows
+
+
+def _capability(device=None):
+    index = torch.device(device).index if isinstance(device, (str, torch.device)) else device
+    return GPUS[CURRENT if index is None else index]
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("cuda:0", torch.bfloat16), ("cuda:1", torch.float16), ("cuda:2", torch.float16),
+    ("cuda:3", torch.bfloat16), ("cuda", torch.float16)])
+def test_amp_auto_picks_bf16_only_where_the_runs_own_gpu_has_it_natively(monkeypatch, device,
+                                                                          expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(GPUS))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: CURRENT)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", _capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",  # as torch answers: the current device
+                        lambda including_emulation=True:
+                        including_emulation or _capability()[0] >= 8)
+    monkeypatch.setattr(torch.version, "hip", None)
+    rt = runtime.Runtime(Config(device=device, amp="auto"))
+    assert rt.device == torch.device(device)
+    assert rt.amp_dtype == expected
+    assert runtime.scaler(rt).is_enabled() == (expected == torch.float16)  # fp16's loss scaler
+
+
 @needs_cuda
-def test_amp_auto_on_cuda_picks_bf16_where_supported(tmp_path):
+def test_amp_auto_on_cuda_picks_bf16_where_the_gpu_has_it_natively(tmp_path):
     model = tiny(tmp_path, "m", device="cuda")
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    assert model.amp_dtype == expected
+    # Not the query the code makes: the device's properties, read here.
+    major = torch.cuda.get_device_properties(model.device).major
+    expected = torch.bfloat16 if major >= 8 else torch.float16
+    assert model.amp_dtype == expected, torch.cuda.get_device_name(model.device)
+    assert model.scaler.is_enabled() == (expected == torch.float16)
     assert torch.backends.cudnn.benchmark
 
 

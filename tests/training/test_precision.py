@@ -11,7 +11,10 @@ from cifar_files import write_cifar
 from cli_tools import TINY
 from configure import Config
 from trainer.run.checkpoints import read_checkpoint
-from trainer.training import precision, runtime
+from Model import MyModel
+from trainer.evaluation.evaluate import to_image_tensor
+from trainer.training import precision, steps
+from test_training import data, tiny_config
 
 # TINY without its "--amp off", which pins the other tests to fp32.
 AUTO_TINY = [a for i, a in enumerate(TINY)
@@ -19,30 +22,23 @@ AUTO_TINY = [a for i, a in enumerate(TINY)
 
 
 def fake_clock(fp32_steps, bf16_steps):
-    """A clock read before and after each timed step, fp32 and bf16 in turn, that makes the
-    steps take the given seconds."""
+    """A clock read before and after each step, fp32 and bf16 in turn (a warm-up step of each
+    first, which takes 5 s), that makes the timed steps take the given seconds."""
     readings, now = [], 100.0
-    for pair in zip(fp32_steps, bf16_steps):
+    for pair in [(5.0, 5.0)] + list(zip(fp32_steps, bf16_steps)):
         for seconds in pair:
             readings += [now, now + seconds]
             now += seconds + 7.0  # time passes between steps too
     return iter(readings).__next__
 
 
-def small_network() -> torch.nn.Module:
-    """A network that draws random numbers in training (dropout)."""
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-                               torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 10))
+def tiny(tmp_path) -> MyModel:
+    return MyModel(tiny_config(tmp_path, amp="auto"), log=lambda *a: None)
 
 
-def cpu_runtime() -> runtime.Runtime:
-    return runtime.Runtime(Config(device="cpu"))
-
-
-def batch(n: int = 8):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+def batch(n: int = 16):
+    x, y = data(n)
+    return to_image_tensor(x), torch.as_tensor(y, dtype=torch.int64)
 
 
 @pytest.mark.parametrize("fp32, bf16, expected", [
@@ -50,26 +46,53 @@ def batch(n: int = 8):
     ([0.30, 0.10, 0.32], [0.27, 0.05, 0.90], "off"),  # 0.27 vs 0.30: within 15%, a near tie
     ([0.30, 0.10, 0.32], [0.90, 0.05, 1.20], "off"),  # 0.90 vs 0.30: slower
 ])
-def test_the_choice_follows_the_median_step_times(fp32, bf16, expected):
-    x, y = batch()
-    choice = precision.choose(small_network(), cpu_runtime(), x, y, steps=3,
+def test_the_choice_follows_the_median_step_times(tmp_path, fp32, bf16, expected):
+    images, labels = batch()
+    choice = precision.choose(tiny(tmp_path), images, labels, steps=3,
                               clock=fake_clock(fp32, bf16))
     assert choice.amp == expected
     assert choice.fp32_seconds == pytest.approx(0.30)
     assert choice.bf16_seconds == pytest.approx(sorted(bf16)[1])
 
 
-def test_choosing_leaves_the_weights_and_the_random_state_alone():
-    network = small_network()
-    before = {k: v.clone() for k, v in network.state_dict().items()}
-    x, y = batch()
+def test_each_precision_times_the_runs_own_step_in_that_precision(tmp_path, monkeypatch):
+    model = tiny(tmp_path)
+    seen = []
+    original = steps.train_step
+
+    def spy(m, x, y, weight=1.0):
+        seen.append(m.runtime.amp_dtype)
+        return original(m, x, y, weight)
+
+    monkeypatch.setattr(steps, "train_step", spy)
+    images, labels = batch()
+    precision.choose(model, images, labels, steps=2)
+    assert seen == [None, torch.bfloat16] * 3  # a warm-up of each, then two of each in turn
+    assert model.config.amp == "auto" and model.runtime.amp_dtype is None  # as it was
+
+
+def test_choosing_leaves_the_weights_and_the_random_state_alone(tmp_path):
+    model = tiny(tmp_path)
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    images, labels = batch()
     torch.manual_seed(5)
     expected_draw = torch.rand(4)
     torch.manual_seed(5)
-    precision.choose(network, cpu_runtime(), x, y, steps=2)
+    precision.choose(model, images, labels, steps=2)
     assert torch.equal(torch.rand(4), expected_draw)
-    for k, v in network.state_dict().items():
+    for k, v in model.network.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed"
+
+
+def test_settling_sets_the_run_and_says_so(tmp_path):
+    lines = []
+    model = MyModel(tiny_config(tmp_path, amp="auto"), log=lines.append)
+    images, labels = batch()
+    choice = precision.settle(model, images, labels, clock=fake_clock([0.3] * 3, [0.1] * 3))
+    assert choice.amp == "bf16" and model.config.amp == "bf16"
+    assert model.runtime.amp_dtype == torch.bfloat16 == model.amp_dtype
+    assert lines == ["amp auto: bf16 0.100 s/step, fp32 0.300 s/step on this CPU -> bf16 "
+                     "(--amp bf16)"]
 
 
 @pytest.fixture(scope="module")

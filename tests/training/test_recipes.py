@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import ImageUtils
 import Model
-from trainer.training import budget
+from trainer.training import budget_plan
 from trainer.run import checkpoints
 import main
 from trainer.training import schedules
@@ -338,7 +338,7 @@ def test_config_refuses_bad_values_directly():
 ])
 def test_budget_planner_gives_the_expected_epoch_count(seconds, spent, train, valid, save,
                                                        expected):
-    assert budget.plan_epochs(seconds, spent, train, valid, save) == pytest.approx(expected)
+    assert budget_plan.plan_epochs(seconds, spent, train, valid, save) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("epochs, frm, to, expected", [
@@ -348,7 +348,7 @@ def test_budget_planner_gives_the_expected_epoch_count(seconds, spent, train, va
     ((1, 2), 10, 2, (1,)),
 ])
 def test_decay_epochs_are_stretched_to_the_planned_run(epochs, frm, to, expected):
-    assert budget.stretch_decay_epochs(epochs, frm, to) == expected
+    assert budget_plan.stretch_decay_epochs(epochs, frm, to) == expected
 
 
 def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
@@ -358,7 +358,7 @@ def test_a_budget_run_trains_the_planned_epochs(tmp_path, monkeypatch):
         calls.append((seconds, spent, train, valid, save))
         return 4 - len(calls)  # 3, then after each epoch the epochs left, as planned
 
-    monkeypatch.setattr(budget, "plan_epochs", plan)
+    monkeypatch.setattr(budget_plan, "plan_epochs", plan)
     x, y = data(16)
     lines = []
     model = MyModel(tiny_config(tmp_path, budget_minutes=2.0, max_epoch=20, lr_decay_epochs=(10, 15)),
@@ -388,7 +388,7 @@ def test_a_budget_run_replans_after_its_first_epoch_and_spends_a_share_of_the_la
     kept after the later epochs (2.5, 1.5, 0.5 more): the run trains 4 whole epochs and half of
     a fifth, and its checkpoints hold that plan."""
     answers = iter([3.0, 3.5, 2.5, 1.5, 0.5])
-    monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: next(answers))
+    monkeypatch.setattr(budget_plan, "plan_epochs", lambda *a, **k: next(answers))
     x, y = data(32)  # batch 8: 4 steps an epoch
     lines = []
     model = MyModel(tiny_config(tmp_path, budget_minutes=2.0, max_epoch=20, lr_schedule="cosine",
@@ -397,10 +397,14 @@ def test_a_budget_run_replans_after_its_first_epoch_and_spends_a_share_of_the_la
     assert [m["epoch"] for m in history] == [1, 2, 3, 4, 5]
     assert model.config.max_epoch == 5 and model.config.final_epoch_share == 0.5
     assert any("epoch 1 took" in line and "4.5 epochs in all" in line for line in lines), lines
-    # The last epoch trained 2 of its 4 steps: its last step is step 17 of a cosine over 18
-    # (had it trained all 4, the rate would have reached 0).
+    # The last epoch trained 2 of its 4 steps: its last step is step 17 of 18. The cosine had
+    # fallen 4/12 of the way when the plan grew from 12 to 18 steps after epoch 1; it goes on
+    # from there, over the 14 steps left: at step 17 it is 1/3 + 2/3 * 13/14 of the way down
+    # (had the last epoch trained all 4 steps, the rate would have reached 0).
     lr = model.config.learning_rate
-    assert history[-1]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * 17 / 18)))
+    fall = 1 / 3 + 2 / 3 * 13 / 14
+    assert history[-1]["lr"] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * fall)))
+    assert model.config.plan_anchor == pytest.approx((4, 4 / 12, 1.0, 4 / 12))
     ckpt = load(tmp_path / "model" / "model-5.ckpt")
     assert ckpt["config"]["max_epoch"] == 5 and ckpt["config"]["final_epoch_share"] == 0.5
     recorded = json.loads((tmp_path / "model" / "config.json").read_text())["config"]
@@ -413,12 +417,12 @@ def test_a_fractional_last_epoch_trains_its_share_of_the_steps():
     assert schedules.epoch_steps(cfg, 2, 10) == 10 and schedules.epoch_steps(cfg, 3, 10) == 3
     assert schedules.total_steps(cfg, 10) == 23
     assert schedules.epoch_steps(Config(max_epoch=1, final_epoch_share=0.01), 1, 10) == 1
-    assert budget.split_epochs(4.5) == (5, 0.5) and budget.split_epochs(4.0) == (4, 1.0)
-    assert budget.split_epochs(0.25) == (1, 0.25)
+    assert budget_plan.split_epochs(4.5) == (5, 0.5) and budget_plan.split_epochs(4.0) == (4, 1.0)
+    assert budget_plan.split_epochs(0.25) == (1, 0.25)
 
 
 def test_a_budget_too_small_for_the_warm_up_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(budget, "plan_epochs", lambda *a, **k: 2)
+    monkeypatch.setattr(budget_plan, "plan_epochs", lambda *a, **k: 2)
     x, y = data(16)
     with pytest.raises(ConfigError, match="--budget_minutes"):
         tiny_model(tmp_path, budget_minutes=1.0, max_epoch=10, lr_schedule="onecycle",
@@ -428,16 +432,16 @@ def test_a_budget_too_small_for_the_warm_up_is_refused(tmp_path, monkeypatch):
 def test_a_warm_up_from_the_recipe_scales_with_the_plan():
     cfg = Config(recipe="fast", lr_decay_epochs=()).apply_recipe(explicit={"lr_decay_epochs"})
     assert cfg.max_epoch == 15 and cfg.warmup_epochs == 2.0
-    changes = budget.planned_changes(cfg, 3, 10.0)
+    changes = budget_plan.planned_changes(cfg, 3, 10.0)
     assert changes["max_epoch"] == 3
     assert changes["warmup_epochs"] == pytest.approx(2.0 * 3 / 15)  # the same share of the run
     # Given explicitly, the warm-up is the user's: a plan it fills is refused, naming it.
     explicit = Config(recipe="fast", warmup_epochs=2.0).apply_recipe(explicit={"warmup_epochs"})
     with pytest.raises(ConfigError, match="--warmup_epochs 2"):
-        budget.planned_changes(explicit, 2, 10.0)
-    assert budget.planned_changes(explicit, 3, 10.0)["max_epoch"] == 3
+        budget_plan.planned_changes(explicit, 2, 10.0)
+    assert budget_plan.planned_changes(explicit, 3, 10.0)["max_epoch"] == 3
 
 
 def test_a_plan_without_one_whole_epoch_is_refused():
     with pytest.raises(ConfigError, match="no time for one epoch"):
-        budget.planned_changes(Config(budget_minutes=0.01), 0, 42.0)
+        budget_plan.planned_changes(Config(budget_minutes=0.01), 0, 42.0)

@@ -18,6 +18,7 @@ from cifar_files import make_batch, write_cifar
 from cli_tools import TINY, run_main
 from configure import Config, ConfigError
 from Model import MyModel
+from trainer.parallel import distributed
 from trainer.run.checkpoints import read_checkpoint
 from trainer.training import pretrained
 from trainer.training.runtime import Runtime
@@ -131,6 +132,34 @@ def test_a_failed_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     assert V1_FILE in message and "network is unreachable" in message
     assert str(tmp_path / "home" / "hub" / "checkpoints") in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("synchronize", [
+    None,  # plain nn.BatchNorm2d
+    lambda network: torch.nn.SyncBatchNorm.convert_sync_batchnorm(network),  # --sync_bn, CUDA
+    lambda network: distributed.convert_sync_batchnorm(network, torch.device("cpu"))],  # gloo
+    ids=["plain", "sync_cuda", "sync_gloo"])
+def test_freezing_fixes_every_batch_norm_and_says_when_the_gradients_change(synchronize):
+    pytest.importorskip("torchvision")
+    network = pretrained.build(10)
+    if synchronize is not None:
+        network = synchronize(network)
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 53 and (synchronize is None) == all(
+        type(m) is torch.nn.BatchNorm2d for m in norms)
+    head = set(map(id, network.fc.parameters()))
+    network.train()
+    # DistributedDataParallel must wrap anew exactly when a parameter's requires_grad changes.
+    assert pretrained.set_frozen(network, True) is True
+    assert not any(m.training for m in norms)
+    assert all(p.requires_grad == (id(p) in head) for p in network.parameters())
+    network.train()  # each epoch begins so
+    assert pretrained.set_frozen(network, True) is False
+    assert not any(m.training for m in norms)
+    network.train()
+    assert pretrained.set_frozen(network, False) is True
+    assert all(m.training for m in norms) and all(p.requires_grad for p in network.parameters())
+    assert pretrained.set_frozen(network, False) is False
 
 
 def test_frozen_epoch_keeps_the_backbone_then_unfreezing_trains_it_and_resume_is_exact(

@@ -75,8 +75,9 @@ def test_each_option_resumes_mid_epoch_bit_for_bit(tmp_path, monkeypatch, name):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{k} differs after resuming"
-    for a, b in zip(straight.optimizer.state_dict()["state"].values(),
-                    resumed.optimizer.state_dict()["state"].values()):
+    states = (straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"])
+    assert len(states[0]) == len(states[1]) and states[0]
+    for a, b in zip(*(s.values() for s in states), strict=True):
         assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
 
 
@@ -85,9 +86,9 @@ def test_each_option_resumes_mid_epoch_bit_for_bit(tmp_path, monkeypatch, name):
 
 def test_lookahead_decay_is_a_cubic_ramp_of_progress():
     final = 0.95 ** 5
-    assert lookahead.decay_at(final, 0, 100) == 0.0
-    assert lookahead.decay_at(final, 50, 100) == pytest.approx(final / 8)
-    assert lookahead.decay_at(final, 100, 100) == pytest.approx(final)
+    assert lookahead.decay_at(final, 0.0) == 0.0
+    assert lookahead.decay_at(final, 0.5) == pytest.approx(final / 8)
+    assert lookahead.decay_at(final, 1.0) == pytest.approx(final)
 
 
 def test_lookahead_folds_every_k_steps_and_hands_over_its_weights_at_the_end():
@@ -97,16 +98,18 @@ def test_lookahead_folds_every_k_steps_and_hands_over_its_weights_at_the_end():
     with torch.no_grad():
         net[0].weight.add_(1.0)
     moved = net[0].weight.clone()
-    slow.after_step(net, 1, 7)  # not a multiple of 3: nothing happens
+    slow.after_step(net, 1, 1 / 7)  # not a multiple of 3: nothing happens
     assert torch.equal(net[0].weight, moved)
-    slow.after_step(net, 3, 7)  # decay 0.5 * (3/7)**3
+    slow.after_step(net, 3, 3 / 7)  # decay 0.5 * (3/7)**3
     decay = 0.5 * (3 / 7) ** 3
     expected = start["0.weight"] + (moved - start["0.weight"]) * (1 - decay)
     assert torch.allclose(slow.state_dict()["0.weight"], expected)
     assert torch.equal(net[0].weight, slow.state_dict()["0.weight"])
     with torch.no_grad():
         net[0].weight.add_(1.0)
-    slow.after_step(net, 7, 7)  # not a multiple of 3, but the last step: the slow weights win
+    slow.after_step(net, 7, 1.0)  # not a multiple of 3: nothing happens
+    assert not torch.equal(net[0].weight, slow.state_dict()["0.weight"])
+    slow.finish(net)  # the run's end: the slow weights win
     assert torch.equal(net[0].weight, slow.state_dict()["0.weight"])
     assert torch.allclose(net[0].weight, expected)
     assert torch.equal(slow.state_dict()["1.num_batches_tracked"], net[1].num_batches_tracked)

@@ -1,7 +1,9 @@
 """--recipe speed (issue 18): airbench94's triangle schedule, the width chosen for the budget, a
 budget spent rather than left over, validation without the recipe's test-time augmentation, and
 that augmentation the default of --mode test and predict for the checkpoints it makes."""
+import copy
 import json
+import time
 
 import pytest
 import torch
@@ -60,13 +62,13 @@ def test_choose_estimates_each_width_from_two_timings(monkeypatch, power, second
     monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
     timed = []
 
-    def timer(config, rt, width):
+    def timer(width):
         timed.append(width)
         return 1e-3 * width ** power
 
     lines = []
-    width = sizing.choose(Config(network="airbench"), None, 50000, 0, seconds * 1.0000001,
-                          lines.append, timer=timer)
+    width = sizing.choose(Config(network="airbench"), 50000, 0, seconds * 1.0000001, timer,
+                          lines.append)
     assert width == expected
     assert timed[0] == sizing.REFERENCE_WIDTH and len(timed) <= 2
     assert lines and f"--width_scale {expected:g}" in lines[0]
@@ -74,25 +76,70 @@ def test_choose_estimates_each_width_from_two_timings(monkeypatch, power, second
 
 def test_validation_counts_a_third_of_a_training_pass_per_image(monkeypatch):
     monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
-    timer = lambda config, rt, width: 1e-3 * width ** 2  # noqa: E731
+    timer = lambda width: 1e-3 * width ** 2  # noqa: E731
     # 45,000 training and 15,000 validation images: 50,000 training passes an epoch
-    assert sizing.choose(Config(network="airbench"), None, 45000, 15000, 125.0000001,
-                         lambda *a: None, timer=timer) == 0.5
+    assert sizing.choose(Config(network="airbench"), 45000, 15000, 125.0000001, timer,
+                         lambda *a: None) == 0.5
+
+
+def test_a_width_already_measured_is_not_timed_again(monkeypatch):
+    monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
+    timed = []
+
+    def timer(width):
+        timed.append(width)
+        return 1e-3 * width ** 2
+
+    assert sizing.choose(Config(network="airbench"), 50000, 0, 500.0000001, timer,
+                         lambda *a: None, measured={0.5: 1e-3 * 0.25}) == 1.0
+    assert timed == [1.0]
 
 
 def test_width_zero_without_a_budget_is_the_published_network():
     cfg = Config(network="airbench", width_scale=0.0)
-    sizing.resolve(cfg, None, None, 100, 0, 0.0)
+    sizing.resolve(cfg, None, None, None, 0, 0.0)
     assert cfg.width_scale == 1.0
 
 
-def test_seconds_per_image_leaves_the_random_state_alone():
-    from trainer.training.runtime import Runtime
-    cfg = Config(network="airbench", device="cpu", amp="off", batch_size=8)
-    torch.manual_seed(5)
-    before = torch.get_rng_state()
-    assert sizing.seconds_per_image(cfg, Runtime(cfg), 0.25, steps=1) > 0
-    assert torch.equal(torch.get_rng_state(), before)
+def refuse_to_build(config):
+    raise AssertionError("nothing should be built or timed")
+
+
+@pytest.mark.parametrize("network", ["resnet", "resnet18", "simple_cnn", "resnet50"])
+def test_a_network_without_a_width_trains_its_own(network):
+    """--recipe speed with a network that has no width: nothing is timed (every width would
+    build the same network, and the chooser divided by zero), the network is its own."""
+    cfg = Config(recipe="speed", network=network).apply_recipe(explicit={"network"})
+    cfg.budget_minutes = 1.0
+    assert cfg.width_scale == 0
+    sizing.resolve(cfg, refuse_to_build, None, None, 0, 0.0)
+    assert cfg.width_scale == 1.0
+
+
+def test_the_chooser_times_the_models_the_run_would_build(tmp_path):
+    """Each width is timed on the model the run would build (every flag of the run applied, the
+    width changed), with --amp auto settled once, on the first of them."""
+    cfg = Config(network="airbench", width_scale=0.0, whiten=True, budget_minutes=1.0,
+                 batch_size=8, device="cpu", amp="auto", label_smoothing=0.2, lookahead=True,
+                 num_classes=10, modeldir=str(tmp_path / "m"))
+    built, lines = [], []
+
+    def build(config):
+        built.append(copy.copy(config))
+        return MyModel(config, log=lines.append)
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (32,), generator=g)
+    sizing.resolve(cfg, build, images, labels, 0, time.monotonic(), log=lines.append)
+    assert cfg.width_scale in sizing.WIDTHS and cfg.amp in ("bf16", "off")
+    assert built[0].width_scale == sizing.REFERENCE_WIDTH and 1 <= len(built) <= 2
+    for config in built:
+        assert (config.whiten, config.label_smoothing, config.lookahead, config.batch_size) == \
+            (True, 0.2, True, 8)
+    assert all(config.amp == cfg.amp for config in built[1:])  # settled once, then kept
+    assert sum(line.startswith("amp auto:") for line in lines) == 1, lines
+    assert any(f"--width_scale {cfg.width_scale:g}" in line for line in lines), lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +193,7 @@ def test_test_mode_uses_the_recipes_tta_unless_told_otherwise(speed_run):
     default = run_main(["--mode", "test", "--data_dir", data_dir, "--modeldir", modeldir,
                         "--device", "cpu", "--no_download"])
     assert default.returncode == 0, default.stderr
-    assert "--tta six: the default" in default.stdout and "tta=six" in default.stdout
+    assert "--tta six: the default" in default.stdout and "config: speed recipe" in default.stdout
     plain = run_main(["--mode", "test", "--data_dir", data_dir, "--modeldir", modeldir,
                       "--device", "cpu", "--no_download", "--tta", "off"])
     assert plain.returncode == 0, plain.stderr

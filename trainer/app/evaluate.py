@@ -1,5 +1,7 @@
 """--mode test: evaluate checkpoints on the test set or on the validation split they were trained
 beside, print the report and write it as JSON on request."""
+import os
+
 import DataReader
 import Model
 from configure import Config, ConfigError
@@ -43,6 +45,19 @@ def validation_split(model, numbers, x_train, y_train):
     return x_train[split:], y_train[split:]
 
 
+def checkpoint_digests(paths) -> dict:
+    """{file name: SHA-256} of the checkpoints at paths, for the --json report to name what it
+    tested; CommandError naming a file that cannot be read."""
+    digests = {}
+    for path in paths:
+        try:
+            digests[os.path.basename(path)] = reports.file_digest(path)
+        except OSError as e:
+            raise CommandError(f"{path} cannot be read ({e.strerror}); check its permissions.") \
+                from None
+    return digests
+
+
 def evaluate_run(config: Config, numbers, eval_set, json_path, explicit,
              context: distributed.Context = distributed.SINGLE) -> None:
     """Evaluate checkpoints ``numbers`` (default: the newest) on ``eval_set`` ("test", the default,
@@ -58,8 +73,9 @@ def evaluate_run(config: Config, numbers, eval_set, json_path, explicit,
         if json_path is not None:
             check_output(json_path, "--json", config.modeldir,
                          sources + DataReader.data_files(config.data_dir))
-        config = checkpoint_config.config_from_checkpoint(config, explicit, numbers[0])
-        announce(config)
+        config, trained = checkpoint_config.config_from_checkpoint(config, explicit,
+                                                                   numbers[0])
+        announce(config, trained_with=trained)
         model = Model.MyModel(config, context=context)
         names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
         x_train, y_train, x_test, y_test = dataset.load(config)
@@ -71,8 +87,11 @@ def evaluate_run(config: Config, numbers, eval_set, json_path, explicit,
             test_file = DataReader.DATASETS[config.dataset].test
             raise CommandError(f"the test set in {config.data_dir} ({test_file}) holds no images; "
                                f"put the official {test_file} there, or use --eval_set valid.")
+        # Read before the checkpoints are: a file that changes while it is tested then no
+        # longer matches its digest, so the report is not taken for the run's (compare.py).
+        digests = checkpoint_digests(sources) if json_path and context.is_main else None
     results = model.evaluate_checkpoints(x_test, y_test, numbers)
-    report = reports.build(results, y_test, names, config.num_classes, set_name)
+    report = reports.build(results, y_test, names, config.num_classes, set_name, digests)
     print(reports.format_text(report))
     if json_path and context.is_main:
         reports.write_json(report, json_path)

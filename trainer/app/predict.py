@@ -1,6 +1,7 @@
 """--mode predict: a checkpoint's class probabilities for a private image set (an .npy, or PNG/JPEG
 files), written as an (N, classes) .npy or, for a .csv, as the hand-in's id,label rows (an .npy
-set) or file,label,class_name,probability rows (image files)."""
+set) or file,label,class_name,probability rows (image files). A folder of images goes to a .csv
+only: its unreadable files are skipped, and an .npy's bare rows would not say which is which."""
 import csv
 import io
 import os
@@ -11,7 +12,7 @@ import DataReader
 import Model
 from configure import Config
 from trainer.app import checkpoint_config
-from trainer.app.console import announce
+from trainer.app.console import CommandError, announce
 from trainer.app.outputs import check_output
 from trainer.data.class_names import names_for
 from trainer.run import checkpoints
@@ -50,9 +51,21 @@ def write_predictions(output: str, probabilities: np.ndarray, source: str, files
         return
     atomic.write(output, probabilities, lambda a, f: np.save(f, a, allow_pickle=False),
                  checkpoints.CheckpointError, flag="--output")
-    order = "" if files is None else " (rows: the readable image files, sorted by name)"
+    order = "" if files is None else f" (the row of {files[0]})" if len(files) == 1 else \
+        " (rows: the readable image files, sorted by name)"
     print(f"wrote {output}: {probabilities.shape[0]} x {probabilities.shape[1]} probabilities "
           f"from {source}{order}")
+
+
+def check_rows_named(private: str, output: str) -> None:
+    """Refuse an .npy output for a folder of images: its rows would name no file, and a skipped
+    unreadable file would move every later row up unseen."""
+    if os.path.isdir(private) and not output.lower().endswith(".csv"):
+        suggested = os.path.splitext(output)[0] + ".csv"
+        raise CommandError(f"--private_data {private} is a folder of images, whose unreadable "
+                           f"files are skipped, so the bare rows of an .npy --output ({output}) "
+                           f"would not say which file each row is; pass --output a .csv file, "
+                           f"such as {suggested}, for file,label,class_name,probability rows.")
 
 
 def predict_run(config: Config, number, private: str, output: str, explicit) -> None:
@@ -65,8 +78,9 @@ def predict_run(config: Config, number, private: str, output: str, explicit) -> 
     check_output(output, "--output", config.modeldir,
                  [private, source] + DataReader.private_files(private)
                  + DataReader.data_files(config.data_dir))
-    config = checkpoint_config.config_from_checkpoint(config, explicit, number)
-    announce(config)
+    check_rows_named(private, output)
+    config, trained = checkpoint_config.config_from_checkpoint(config, explicit, number)
+    announce(config, trained_with=trained)
     model = Model.MyModel(config)
     x, files = DataReader.load_private_images(private)
     model.load(number)

@@ -6,11 +6,15 @@ import os
 import sys
 import time
 
+import numpy as np
+import torch
+
 import DataReader
 import Model
 from configure import Config, ConfigError
 from trainer.app import dataset
 from trainer.app.console import USER_ERRORS, announce
+from trainer.evaluation.evaluate import to_image_tensor
 from trainer.parallel import distributed
 from trainer.reports import plots
 from trainer.reports import tensorboard_log
@@ -40,6 +44,18 @@ def make_modeldir(modeldir: str) -> None:
                                           f"choose a folder you can write to.") from None
 
 
+def choose_width(config: Config, x_train, y_train, x_valid, started: float,
+                 context: distributed.Context) -> None:
+    """--width_scale 0 of a fresh run: the width sizing.resolve chooses, timing the models this
+    run would build (on a copy of the training split on the run's device)."""
+    device = runtime.select_device(config.device)
+    images = to_image_tensor(x_train).to(device)
+    labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(device)
+    sizing.resolve(config, lambda cfg: Model.MyModel(cfg, context=context), images, labels,
+                   0 if x_valid is None else len(x_valid), started,
+                   log=print if context.is_main else (lambda *a: None))
+
+
 def network_name(config: Config) -> str:
     return Model.describe(config.to_dict())
 
@@ -66,7 +82,7 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
                 held.enter_context(checkpoints.RunLock(config.modeldir))
             check_modeldir(config, resume, overwrite)
             if resume is not None and os.path.isdir(config.modeldir):  # before any download
-                sizing.resolve(config, None, resume, 0, 0, started)  # its checkpoint's width
+                sizing.resolve_from_checkpoint(config, resume)  # its checkpoint's width
                 # On a copy: the run itself adopts what its checkpoint planned when it resumes.
                 Model.MyModel(copy.copy(config), log=lambda *a: None,
                               context=context).check_resumable(resume, overwrite)
@@ -80,8 +96,7 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
                     x_train, y_train, config.split_index)
             config.validate(n_train=len(x_train), world_size=context.world_size)
             if config.width_scale == 0:  # --recipe speed: the width for the budget
-                sizing.resolve(config, runtime.Runtime(config, context), resume, len(x_train),
-                               0 if x_valid is None else len(x_valid), started)
+                choose_width(config, x_train, y_train, x_valid, started, context)
             if main_rank and not os.path.isdir(config.modeldir):
                 make_modeldir(config.modeldir)
                 held.enter_context(checkpoints.RunLock(config.modeldir))

@@ -2,10 +2,19 @@
 
 A run is read from its folder: ``metrics.csv`` (plots.read_metrics), ``config.json`` (the
 ``"config"`` entry records.write_config writes) and, where there is one, a test report written by
-``--mode test --json PATH`` into the folder. Each run is labelled by the run-defining keys
-(configure.RUN_DEFINING_KEYS, plus max_epoch) whose values differ among the runs compared, e.g.
-``activation=swish, l1=1e-05``; where none differs the label is the folder's name. The summary
-of each run is a row of ``compare.csv``. Drawing is plots.py's job; this module draws nothing.
+``--mode test --json PATH`` into the folder. Each run is labelled by what its user chose that
+differs among the runs compared: its --recipe and --budget_minutes, then the run-defining keys
+(configure.RUN_DEFINING_KEYS, plus max_epoch) where some run holds a value of its own, e.g.
+``activation=swish, l1=1e-05``. A value its recipe set, or that its budget planned, is not the
+user's; where nothing differs the label is the folder's name. The summary of each run is a row
+of ``compare.csv``; its ``train_seconds`` is the sum of metrics.csv's ``seconds``, the time each
+epoch spent training (validation, checkpoints and the start-up not included). Drawing is
+plots.py's job; this module draws nothing.
+
+A test report counts for a run only while the checkpoint it tested is in the folder as it was:
+the report records each checkpoint's SHA-256 (reports.file_digest), so a report left from a run
+that --overwrite replaced, or of a model-best.ckpt that training has since moved on, is not
+taken for this run's test accuracy.
 """
 import csv
 import io
@@ -15,17 +24,22 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from configure import RUN_DEFINING_KEYS
-from trainer.reports import plots
+from configure import RECIPES, RUN_DEFINING_KEYS, Config, applies
+from trainer.reports import plots, reports
 from trainer.run import checkpoints
 from trainer.storage import atomic
 
 COMPARE_PNG = "compare.png"
 COMPARE_CSV = "compare.csv"
-CSV_COLUMNS = ("run", "differs", "best_valid_acc", "best_epoch", "final_train_loss", "seconds",
-               "test_acc")
-# What a label may name: the keys that define what a run computes, and its length.
-LABEL_KEYS = list(RUN_DEFINING_KEYS) + ["max_epoch"]
+CSV_COLUMNS = ("run", "differs", "best_valid_acc", "best_epoch", "final_train_loss",
+               "train_seconds", "test_acc")
+# What a label may name: how the run was started (its recipe and time budget), the keys that
+# define what it computes, and its length.
+CHOICE_KEYS = ["recipe", "budget_minutes"]
+LABEL_KEYS = CHOICE_KEYS + list(RUN_DEFINING_KEYS) + ["max_epoch"]
+# The values a --budget_minutes run plans itself from its measured speed (budget.planned_changes;
+# a resume adopts the same four, run/state.py): the budget's, not the user's.
+BUDGET_PLANNED = ("max_epoch", "final_epoch_share", "lr_decay_epochs", "warmup_epochs")
 MAX_REPORT_BYTES = 64 * 2 ** 20  # a test report of CIFAR-100 is well under 1 MiB
 
 
@@ -74,33 +88,54 @@ def read_run(folder: str) -> Run:
     run = Run(folder, plots.read_metrics(os.path.join(folder, plots.METRICS)), config)
     if config is None:
         run.notes.append(f"{folder} has no readable {plots.CONFIG}; labelled by its folder name.")
-    run.test = find_test_accuracy(folder)
+    run.test, stale = test_reports(folder)
+    if stale:
+        names = ", ".join(stale)
+        run.notes.append(f"{folder}: {names} did not test the checkpoints now in the folder "
+                         f"(a run --overwrite replaced, training since, or a report from before "
+                         f"reports recorded what they tested), so its test_acc is not used; run "
+                         f"--mode test --json again.")
     return run
 
 
-def _report_accuracy(report) -> Optional[tuple]:
-    """(accuracy, checkpoint) of a --mode test --json report on the test set: that of
-    model-best.ckpt where the report has it, else of its latest epoch; None for anything else."""
+def _test_entries(report) -> list:
+    """The checkpoint entries of a --mode test --json report on the test set ([] for another
+    set, or a JSON file that is no such report)."""
     if not isinstance(report, dict) or report.get("set") != "test":
-        return None
-    entries = [e for e in report.get("checkpoints") or [] if isinstance(e, dict)
-               and isinstance(e.get("checkpoint"), str) and isinstance(e.get("epoch"), int)
-               and isinstance(e.get("accuracy"), (int, float))]
-    if not entries:
-        return None
-    best = [e for e in entries if e["checkpoint"] == checkpoints.BEST]
-    chosen = best[0] if best else max(entries, key=lambda e: e["epoch"])
-    return float(chosen["accuracy"]), chosen["checkpoint"]
+        return []
+    return [e for e in report.get("checkpoints") or [] if isinstance(e, dict)
+            and isinstance(e.get("checkpoint"), str) and isinstance(e.get("epoch"), int)
+            and isinstance(e.get("accuracy"), (int, float))]
 
 
-def find_test_accuracy(folder: str) -> Optional[tuple]:
-    """(accuracy, checkpoint, file) from the newest test report (by modification time) in folder:
-    a ``.json`` file that ``--mode test --json`` wrote on the test set. None where there is none."""
-    found = []
+def _tested_here(folder: str, entry: dict, digests: dict) -> bool:
+    """Whether the report entry tested the checkpoint of that name in folder as it is now: the
+    file is there and its SHA-256 is the one the report recorded. ``digests``: those computed so
+    far, by name (each file is read once)."""
+    name = entry["checkpoint"]
+    if not isinstance(entry.get("sha256"), str) or not checkpoints.is_checkpoint_name(name):
+        return False  # a name that is no checkpoint of this folder (../x, a path) is not read
+    if name not in digests:
+        path = os.path.join(folder, name)
+        try:
+            digests[name] = reports.file_digest(path) \
+                if os.path.isfile(path) and not os.path.islink(path) else None
+        except OSError:  # unreadable: nothing to tie the report to
+            digests[name] = None
+    return digests[name] == entry["sha256"]
+
+
+def test_reports(folder: str) -> tuple:
+    """((accuracy, checkpoint, file) or None, [stale report]) of the test reports in folder (the
+    ``.json`` files ``--mode test --json`` wrote on the test set): the newest report (by
+    modification time) that tested a checkpoint now in the folder gives the accuracy of
+    model-best.ckpt where it tested the one there, else of its latest such checkpoint. Reports
+    newer than that one which tested none of them are stale."""
     try:
         entries = list(os.scandir(folder))
     except OSError:  # an unreadable folder has no report to show
-        return None
+        return None, []
+    found, digests = [], {}
     for entry in entries:
         if (not entry.name.endswith(".json") or entry.name == plots.CONFIG
                 or not entry.is_file(follow_symlinks=False)):
@@ -110,15 +145,27 @@ def find_test_accuracy(folder: str) -> Optional[tuple]:
             continue
         try:
             with open(entry.path, encoding="utf-8") as f:
-                result = _report_accuracy(json.load(f))
+                tested = _test_entries(json.load(f))
         except (OSError, ValueError):  # not a report of ours: other JSON files are the user's
             continue
-        if result is not None:
-            found.append((stat.st_mtime, entry.name, result))
-    if not found:
-        return None
-    _, name, (accuracy, checkpoint) = max(found)
-    return accuracy, checkpoint, name
+        if tested:
+            found.append((stat.st_mtime, entry.name,
+                          [e for e in tested if _tested_here(folder, e, digests)]))
+    stale = []
+    for _, name, here in sorted(found, reverse=True):
+        if not here:
+            stale.append(name)
+            continue
+        best = [e for e in here if e["checkpoint"] == checkpoints.BEST]
+        chosen = best[0] if best else max(here, key=lambda e: e["epoch"])
+        return (float(chosen["accuracy"]), chosen["checkpoint"], name), stale
+    return None, stale
+
+
+def find_test_accuracy(folder: str) -> Optional[tuple]:
+    """(accuracy, checkpoint, file) of the run in folder from its newest test report of the
+    checkpoints now there (test_reports); None where there is none."""
+    return test_reports(folder)[0]
 
 
 def load_runs(folders: list) -> tuple:
@@ -154,19 +201,65 @@ def _text(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _applies(config: dict, key: str) -> bool:
+    """Whether key shapes the run's network (resnet_size means nothing to airbench)."""
+    network = _value(config, "network")
+    return not isinstance(network, str) or applies(key, network)
+
+
+def _defaults(config: dict) -> dict:
+    """What each key holds in a run unless its user or its recipe chose otherwise: configure's
+    defaults, with the number of classes of the run's data set."""
+    try:
+        follows = Config(dataset=_value(config, "dataset"), label_mode=_value(config, "label_mode"))
+    except (TypeError, ValueError):  # a config.json edited by hand: the plain defaults
+        follows = Config()
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in follows.to_dict().items()}
+
+
+def own_choice(config: dict, key: str) -> bool:
+    """Whether the run's value of key is its user's choice: its recipe and budget always are;
+    another key is when its value is neither its recipe's nor the default, nor one the run
+    planned itself (a budget's epochs, the width the speed recipe chooses: width_scale 0)."""
+    if key in CHOICE_KEYS:
+        return True
+    recipe = RECIPES.get(_value(config, "recipe"), {})
+    if _value(config, "budget_minutes") and key in BUDGET_PLANNED:
+        return False
+    if key == "width_scale" and recipe.get("width_scale") == 0:
+        return False  # chosen for the budget (trainer/training/sizing.py), or 1 without one
+    reference = recipe[key] if key in recipe else _defaults(config).get(key)
+    return repr(_value(config, key)) != repr(tuple(reference) if isinstance(reference, list)
+                                             else reference)
+
+
 def differing_keys(runs: list) -> list:
-    """The LABEL_KEYS whose values are not the same in every run that has a config."""
+    """The LABEL_KEYS whose values are not the same in every run that has a config (and whose
+    network the key shapes), where at least one of those runs chose its value itself."""
     configs = [run.config for run in runs if run.config is not None]
-    return [key for key in LABEL_KEYS
-            if len({repr(_value(config, key)) for config in configs}) > 1]
+    keys = []
+    for key in LABEL_KEYS:
+        shaped = [config for config in configs if _applies(config, key)]
+        if len({repr(_value(config, key)) for config in shaped}) > 1 and \
+                any(own_choice(config, key) for config in shaped):
+            keys.append(key)
+    return keys
+
+
+def _label(run: Run, keys: list) -> str:
+    """``key=value, ...`` of the keys that shape the run's network; the folder name without."""
+    if run.config is None:
+        return run.name
+    shown = [f"{key}={_text(_value(run.config, key))}" for key in keys
+             if _applies(run.config, key)]
+    return ", ".join(shown) or run.name
 
 
 def labels(runs: list) -> list:
     """One short label per run: ``key=value, ...`` over the differing keys, else the folder name;
     a label two runs share gets the folder name added, so that every line can be told apart."""
     keys = differing_keys(runs)
-    texts = [", ".join(f"{key}={_text(_value(run.config, key))}" for key in keys)
-             if keys and run.config is not None else run.name for run in runs]
+    texts = [_label(run, keys) for run in runs]
     return [f"{text} ({run.name})" if texts.count(text) > 1 and text != run.name else text
             for text, run in zip(texts, runs)]
 
@@ -190,7 +283,7 @@ def summary(run: Run, label: str) -> dict:
             "best_valid_acc": best["valid_acc"] if best else None,
             "best_epoch": best["epoch"] if best else None,
             "final_train_loss": run.rows[-1]["train_loss"],
-            "seconds": sum(row["seconds"] for row in run.rows),
+            "train_seconds": sum(row["seconds"] for row in run.rows),
             "test_acc": run.test[0] if run.test else None}
 
 
@@ -216,10 +309,11 @@ def _percent(value) -> str:
 
 def format_table(rows: list) -> str:
     """The summaries, aligned, one line per run."""
-    header = ["run", "differs", "best valid", "epoch", "final loss", "seconds", "test acc"]
+    header = ["run", "differs", "best valid", "epoch", "final loss", "train s", "test acc"]
     body = [[row["run"], row["differs"], _percent(row["best_valid_acc"]),
              "-" if row["best_epoch"] is None else str(row["best_epoch"]),
-             f"{row['final_train_loss']:.4f}", f"{row['seconds']:.0f}", _percent(row["test_acc"])]
+             f"{row['final_train_loss']:.4f}", f"{row['train_seconds']:.0f}",
+             _percent(row["test_acc"])]
             for row in rows]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()

@@ -1,9 +1,13 @@
 """The test report: a table of checkpoints, then per-class accuracy and the confusion matrix of the
 best of them, as text for the terminal and as a dict for ``--json``.
 
-Every function here is pure: it takes predictions and labels (numpy arrays) and returns numbers or
-text, so the report can be checked against a case computed by hand.
+Every function here but file_digest and write_json is pure: it takes predictions and labels
+(numpy arrays) and returns numbers or text, so the report can be checked against a case computed
+by hand. Each checkpoint of a report carries the SHA-256 of the file tested (file_digest), which
+ties the report to those very weights: a comparison takes a test accuracy only from a report of
+the checkpoints its folder holds now (compare.py).
 """
+import hashlib
 import json
 import math
 
@@ -70,15 +74,29 @@ def class_labels(names, num_classes: int) -> list:
     return [str(k) for k in range(num_classes)]
 
 
-def build(results: list, labels: np.ndarray, names, num_classes: int, set_name: str) -> dict:
-    """The whole report as plain types. ``results``: Model.evaluate_checkpoints' list."""
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file's bytes, as hex (OSError if it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build(results: list, labels: np.ndarray, names, num_classes: int, set_name: str,
+          digests: dict = None) -> dict:
+    """The whole report as plain types. ``results``: Model.evaluate_checkpoints' list;
+    ``digests``: the file_digest of each checkpoint tested, by file name, for ``sha256``."""
     best = max(results, key=lambda r: r["accuracy"])  # the first of equals
     confusion = confusion_matrix(labels, best["predictions"], num_classes)
     classes = class_labels(names, num_classes)
+    tested = [{k: r[k] for k in ("checkpoint", "epoch", "accuracy", "loss", "images")}
+              for r in results]
+    for entry in tested if digests else ():
+        entry["sha256"] = digests.get(entry["checkpoint"])
     return {
         "set": set_name,
-        "checkpoints": [{k: r[k] for k in ("checkpoint", "epoch", "accuracy", "loss", "images")}
-                        for r in results],
+        "checkpoints": tested,
         "best": best["checkpoint"],
         "classes": classes,
         "per_class": [{"class": k, "name": classes[k], "images": n, "accuracy": acc}

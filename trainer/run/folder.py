@@ -1,12 +1,12 @@
 """The model folder of one training run: what the run writes there and when.
 
-Before the first epoch the folder is checked (a new run needs one free of another run's files) or
-prepared (a killed run's temporaries cleared, the checkpoints a retrace replaces dropped), and its
-records begin: ``config.json`` and ``metrics.csv`` (trainer.run.records). After each epoch the
-save policy runs: ``model-best.ckpt`` when the validation accuracy is the best so far,
-``model-<epoch>.ckpt`` every --save_interval epochs and at the last, ``interrupted.ckpt`` when a
-signal stops the run between them. Under torchrun rank 0 alone writes; the other ranks' folder
-writes nothing.
+Before the first epoch the folder is checked (a new run needs one free of another run's files,
+or --overwrite, whose removal waits until nothing else can refuse the run) and prepared (a killed
+run's temporaries cleared, the checkpoints a retrace replaces dropped), and its records begin:
+``config.json`` and ``metrics.csv`` (trainer.run.records). After each epoch the save policy runs:
+``model-best.ckpt`` when the validation accuracy is the best so far, ``model-<epoch>.ckpt`` every
+--save_interval epochs and at the last, ``interrupted.ckpt`` when a signal stops the run between
+them. Under torchrun rank 0 alone writes; the other ranks' folder writes nothing.
 """
 import contextlib
 import os
@@ -26,9 +26,15 @@ class RunFolder:
         self.data = {}  # what config.json says of the data (start_records)
 
     def check_fresh_start(self, overwrite: bool) -> None:
-        """A new run: refuse a folder holding another run's files, or with overwrite remove them."""
-        if self.writes:
-            checkpoints.check_fresh_start(self.modeldir, overwrite, self.model.log)
+        """A new run: refuse a folder holding another run's files, unless overwrite (which
+        ``clear_earlier_run`` acts on once nothing else can refuse the run)."""
+        if self.writes and not overwrite:
+            checkpoints.check_fresh_start(self.modeldir, False, self.model.log)
+
+    def clear_earlier_run(self, overwrite: bool) -> None:
+        """A new run with overwrite: remove another run's files from the folder."""
+        if self.writes and overwrite:
+            checkpoints.check_fresh_start(self.modeldir, True, self.model.log)
 
     def prepare(self, later: list, epoch: int):
         """Before training: clear a killed run's temporaries, drop the checkpoints a retrace

@@ -119,8 +119,8 @@ def check_same_run(ckpt: dict, path: str, config, network, parameters,
                    data_digest: str = None) -> dict:
     """Refuse to resume a run defined otherwise (data_digest None: the data is not known yet).
     Return the configuration values the resumed run adopts from the checkpoint: a
-    --budget_minutes run keeps the plan made when it began (max_epoch, final_epoch_share,
-    lr_decay_epochs, warmup_epochs); {} otherwise. ``parameters``: the optimizer's, in its groups' order."""
+    --budget_minutes run keeps the plan made when it began, or last made (max_epoch,
+    final_epoch_share, lr_decay_epochs, warmup_epochs, plan_anchor); {} otherwise. ``parameters``: the optimizer's, in its groups' order."""
     check_fit(ckpt, path, config, network)
     saved_config = ckpt["config"]
     budget = saved_config.get("budget_minutes") or 0.0
@@ -137,7 +137,8 @@ def check_same_run(ckpt: dict, path: str, config, network, parameters,
         adopted = {"max_epoch": saved_config.get("max_epoch", config.max_epoch),
                    "final_epoch_share": saved_config.get("final_epoch_share", 1.0),
                    "lr_decay_epochs": tuple(saved_config.get("lr_decay_epochs", ())),
-                   "warmup_epochs": saved_config.get("warmup_epochs", config.warmup_epochs)}
+                   "warmup_epochs": saved_config.get("warmup_epochs", config.warmup_epochs),
+                   "plan_anchor": tuple(saved_config.get("plan_anchor", ()))}
     planned = copy.copy(config)  # the run as it goes on, the plan adopted
     for key, value in adopted.items():
         setattr(planned, key, value)

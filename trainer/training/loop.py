@@ -15,10 +15,10 @@ import copy
 import math
 import signal
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import ImageUtils
@@ -28,7 +28,7 @@ from trainer.parallel import distributed
 from trainer.run import state
 from trainer.run.checkpoints import CheckpointError, list_checkpoints
 from trainer.run.folder import RunFolder
-from trainer.training import (budget, precision, pretrained, runtime, schedules, stop_requests,
+from trainer.training import (budget, precision, schedules, steps, stop_requests,
                               whitening)
 from trainer.training.batches import batch_slices, epoch_plan, global_batch_sizes
 
@@ -79,11 +79,49 @@ def resume(model, resume, data_digest: str, overwrite: bool = False):
 # --------------------------------------------------------------------------------------------
 # The run
 
+class RunSetup(NamedTuple):
+    """What a run prepares before its first epoch: its training images ((N, 3, 32, 32) uint8) and
+    labels on the device, and for a --budget_minutes run planned here, the configuration as the
+    command line made it (``budget_base``, which replans start from) and the times the plan was
+    made from (``budget_timing``); both None otherwise."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    budget_base: object = None
+    budget_timing: object = None
+
+
+def prepare_run(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray,
+                fresh: bool) -> RunSetup:
+    """Everything a run settles before its first epoch, in order: --normalize dataset's channel
+    statistics, --whiten's first layer (``fresh`` runs only: resumed, the weights come from the
+    checkpoint), the training split on the device, --amp auto on a CPU (fresh runs; resumed, the
+    checkpoint's), and a --budget_minutes plan (fresh runs; resumed, the checkpoint's). Any of them
+    may refuse the run (ConfigError); none writes a file."""
+    cfg, rt = model.config, model.runtime
+    if cfg.normalize == "dataset" and rt.mean_std is None:  # once, from the training split
+        mean, std = ImageUtils.channel_stats(x_train)
+        rt.mean_std = (torch.from_numpy(mean).to(rt.device), torch.from_numpy(std).to(rt.device))
+    if cfg.whiten and applies("whiten", cfg.network) and fresh:
+        whitening.initialise(model, x_train)
+    images = to_image_tensor(x_train).to(rt.device)  # (N, 3, 32, 32) uint8, once
+    labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(rt.device)
+    if fresh and cfg.amp == "auto" and rt.device.type == "cpu":
+        precision.settle(model, images, labels)  # before the budget, which times steps in it
+    if not (cfg.budget_minutes and fresh):
+        return RunSetup(images, labels)
+    base = copy.copy(cfg)
+    changes, timing = budget.fit(model, images, labels, x_valid)
+    for key, value in changes.items():
+        setattr(cfg, key, value)  # the plan: the records hold what runs
+    return RunSetup(images, labels, base, timing)
+
+
 def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
         digest: str, resume_from=None, overwrite: bool = False) -> list:
     """Train model for config.max_epoch epochs; return the metrics of every epoch (a list of
     dicts). ``digest``: the training data's fingerprint, which checkpoints record. See
-    Model.MyModel.train for the other arguments."""
+    Model.MyModel.train for the other arguments. Whatever may refuse the run (the folder, the
+    resume, the budget's plan) does so before a file is removed or written."""
     cfg, main = model.config, model.dist.is_main
     folder = RunFolder(model)
     model.epochs_trained, later, best_kept = 0, [], None
@@ -91,7 +129,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
     # every rank, and rank 0 says it.
     with distributed.all_or_none(CheckpointError, ConfigError):
         if resume_from is None:
-            folder.check_fresh_start(overwrite)
+            folder.check_fresh_start(overwrite)  # refuses; --overwrite removes only below
             start_step, partial = 0, None
         else:
             start_step, partial, later = resume(model, resume_from, digest, overwrite)
@@ -99,31 +137,16 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
             model.log(f"nothing to train: {model.epoch} epochs done and --max_epoch is "
                       f"{cfg.max_epoch}; raise --max_epoch to train further.")
             return model.history
+    with distributed.all_or_none(ConfigError):
+        setup = prepare_run(model, x_train, y_train, x_valid, fresh=resume_from is None)
+    pause_at = stop_requests.pause_point(model.dist.rank)
+    with distributed.all_or_none(CheckpointError):
         if main:
+            if resume_from is None:
+                folder.clear_earlier_run(overwrite)
             best_kept = folder.prepare(later, model.epoch)
         else:
             partial = None  # the sums of an interrupted epoch are rank 0's to carry
-    rt = model.runtime
-    if cfg.normalize == "dataset" and rt.mean_std is None:  # once, from the training split
-        mean, std = ImageUtils.channel_stats(x_train)
-        rt.mean_std = (torch.from_numpy(mean).to(rt.device), torch.from_numpy(std).to(rt.device))
-    if cfg.whiten and applies("whiten", cfg.network) and resume_from is None:
-        whitening.initialise(model, x_train)  # resumed, the weights come from the checkpoint
-    pause_at = stop_requests.pause_point(model.dist.rank)
-    if model.train_net is None:
-        model.train_net = runtime.training_network(model.network, model.forward_net, rt, cfg)
-
-    images = to_image_tensor(x_train).to(rt.device)  # (N, 3, 32, 32) uint8, once
-    labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(rt.device)
-    if resume_from is None and cfg.amp == "auto" and rt.device.type == "cpu":
-        precision.settle(model, images, labels)  # before the budget, which times steps in it
-    base = timing = None  # a budget planned here: the configuration before its plan, its times
-    if cfg.budget_minutes and model.epoch == 0 and start_step == 0:
-        base = copy.copy(cfg)
-        changes, timing = budget.fit(model, images, labels, x_valid)
-        for key, value in changes.items():
-            setattr(cfg, key, value)  # the plan: the records below hold what runs
-    with distributed.all_or_none(CheckpointError):
         folder.start_records({"dataset": cfg.dataset,
                               "data_dir": cfg.data_dir, "train_images": len(x_train),
                               "valid_images": 0 if x_valid is None else len(x_valid),
@@ -133,19 +156,25 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
         epoch = model.epoch
         while epoch < cfg.max_epoch:  # a budget's replan may move max_epoch after each epoch
             epoch += 1
-            metrics = train_one_epoch(model, epoch, images, labels, start_step, partial, stop,
-                                      folder, digest, pause_at)
+            metrics = train_one_epoch(model, epoch, setup.images, setup.labels, start_step,
+                                      partial, stop, folder, digest, pause_at)
             start_step, partial = 0, None
+            replanned = False
+            if setup.budget_base is not None and epoch < cfg.max_epoch:  # planned here
+                changes = budget.replan(model, setup.budget_base, setup.budget_timing, epoch,
+                                        metrics["seconds"])
+                for key, value in changes.items():
+                    setattr(cfg, key, value)
+                replanned = bool(changes)
+            if epoch == cfg.max_epoch:  # the run's end, where it was planned or a replan put it
+                finish(model)
             began = time.perf_counter()
             if x_valid is not None and len(x_valid):
                 metrics["valid_acc"], metrics["valid_loss"] = model.validate(x_valid, y_valid)
-            if base is not None and epoch < cfg.max_epoch:  # a budget planned here
-                changes = budget.replan(model, base, timing, epoch, metrics["seconds"],
-                                        time.perf_counter() - began)
-                for key, value in changes.items():
-                    setattr(cfg, key, value)
-                if changes:
-                    folder.plan_changed()
+                if setup.budget_timing is not None:  # what the next replan counts
+                    setup.budget_timing.eval_seconds = time.perf_counter() - began
+            if replanned:
+                folder.plan_changed()
             best_before = max([m["valid_acc"] for m in model.history if "valid_acc" in m]
                               + ([] if best_kept is None else [best_kept]), default=None)
             model.epoch = epoch
@@ -168,6 +197,13 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
                             "run is not data-parallel; please report this.")
     distributed.barrier()
     return model.history
+
+
+def finish(model) -> None:
+    """The end of the run's last epoch: the network takes lookahead's slow weights (the last
+    checkpoint and the validation after it then hold them)."""
+    if model.lookahead is not None:
+        model.lookahead.finish(model.network)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,47 +231,24 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     correct = torch.tensor(partial.get("correct", 0), dtype=torch.int64, device=device)
     seen = seen_before = int(partial.get("seen", 0))
     seconds = float(partial.get("seconds", 0.0))
-    model.network.train()
-    if applies("freeze_epochs", cfg.network):  # resnet50: the backbone fixed at first
-        pretrained.set_frozen(model.network, epoch <= cfg.freeze_epochs)
+    steps.begin_epoch(model, epoch)
     start = time.perf_counter()
-    steps = schedules.epoch_steps(cfg, epoch, len(slices))  # fewer in a budget's last epoch
-    total = schedules.total_steps(cfg, len(slices))  # replans come only between epochs
-    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
+    count = schedules.epoch_steps(cfg, epoch, len(slices))  # fewer in a budget's last epoch
+    bar = tqdm(total=count, initial=start_step, desc=f"epoch {epoch}/{cfg.max_epoch}",
                leave=False, disable=bars_off(cfg, model.dist), unit="batch")
     lr = None
-    for step in range(start_step, steps):
+    for step in range(start_step, count):
         if pause_at == (epoch, step):
             stop_requests.wait_for_signal(stop, epoch, step)
-        lr = schedules.lr_at_step(cfg, epoch, step, len(slices))
-        rate = lr * runtime.rate_scale(cfg)  # SGD's rate (the schedule's under --decoupled)
-        progress = ((epoch - 1) * len(slices) + step) / total
-        for group in model.optimizer.param_groups:
-            learning = progress < group.get("until", 1.0)  # --whiten_bias_share
-            group["lr"] = rate * group.get("lr_scale", 1.0) if learning else 0.0
+        lr = steps.set_rates(model, epoch, step, len(slices))
         positions = slices[step]
         index = order[positions]
         x = rt.prepare_images(images[index], True, offsets[positions], flips[positions])
         y = labels[index]
-
-        try:
-            with rt.autocast():
-                logits = model.train_net(x)
-                loss, reported = objective(cfg, model.network, logits, y)
-            if world > 1:  # DDP averages over ranks: weigh each rank's mean by its share
-                loss = loss * (len(y) * world / global_sizes[step])
-            model.optimizer.zero_grad(set_to_none=True)
-            model.scaler.scale(loss).backward()  # DDP sums the gradients over the ranks
-        except RuntimeError as e:
-            if world > 1 and distributed.is_lost_contact(e):
-                raise distributed.lost_contact(e) from None
-            raise
-        model.scaler.step(model.optimizer)
-        model.scaler.update()
-        if model.lookahead is not None:
-            model.lookahead.after_step(model.network, (epoch - 1) * len(slices) + step + 1, total)
-        if model.ema is not None:
-            model.ema.update(model.network)
+        # DDP averages over ranks: weigh each rank's mean by its share of the global batch
+        weight = len(y) * world / global_sizes[step] if world > 1 else 1.0
+        logits, reported = steps.train_step(model, x, y, weight)
+        steps.after_step(model, epoch, step, len(slices))
 
         loss_sum += reported.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
@@ -268,24 +281,10 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
     rate = (seen - seen_before) / max(elapsed, 1e-9) if seen > seen_before else \
         seen / max(seconds + elapsed, 1e-9)
     if lr is None:  # resumed at the epoch's very end
-        lr = schedules.lr_at_step(cfg, epoch, steps - 1, len(slices))
+        lr = schedules.lr_at_step(cfg, epoch, count - 1, len(slices))
     return {"epoch": epoch, "lr": lr, "train_loss": loss_total / max(seen, 1),
             "train_acc": correct_total / max(seen, 1), "seconds": seconds + elapsed,
             "images_per_second": rate}
-
-
-def objective(cfg, network, logits: torch.Tensor, y: torch.Tensor):
-    """(what training minimizes, the cross-entropy it reports): the cross-entropy, against
-    smoothed targets with --label_smoothing, plus, with --l1, l1 times the sum of |w| over all
-    parameters (weight decay is the optimizer's). The reported loss is the plain cross-entropy,
-    comparable with the validation loss."""
-    smoothing = cfg.label_smoothing
-    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-    reported = loss if not smoothing else F.cross_entropy(logits.detach(), y)
-    if not cfg.l1:
-        return loss, reported
-    penalty = sum(p.abs().sum() for p in network.parameters())
-    return loss + cfg.l1 * penalty, reported
 
 
 def epoch_totals(model, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int):

@@ -1,25 +1,22 @@
-"""--amp auto on a CPU: choose the training precision by timing the run's own network.
+"""--amp auto on a CPU: choose the training precision by timing the run's own step.
 
-bf16 autocast is much faster than fp32 on CPUs with AMX and several times slower on CPUs without
-bf16 instructions, so ``choose`` times a few full training steps (forward under autocast,
-cross-entropy, backward, an SGD step) in both precisions, interleaved, on a copy of the network
-and a throwaway optimizer: the run itself, its weights and torch's random state, is untouched.
+Whether bf16 autocast pays on a CPU depends on the CPU: measured here (BENCHMARKS.md), an Intel
+Xeon without AVX-512 BF16 or AMX trained 3.3 to 4.5 times slower in bf16 than in fp32, and an AMD
+EPYC with AVX-512 BF16 1.7 to 1.8 times faster. So ``choose`` times the run's own training step
+(trainer.training.step_timing, which puts the run back as it was) in both precisions,
+interleaved, and ``settle`` keeps the faster. It is settled once per run, on the first network
+the run builds: the width chooser's reference network for --recipe speed, else the run's own.
 """
-import copy
 import statistics
 import time
 from typing import NamedTuple
 
-import torch
-import torch.nn.functional as F
-
-from trainer.parallel import distributed
 from trainer.training import runtime
+from trainer.training.step_timing import StepTimer
 
 # bf16 is kept only when its median step takes at most 1/1.15 of fp32's: a near tie would
 # otherwise flip between runs of the same command with the noise of the timing.
 BF16_MARGIN = 1.15
-TIMING_IMAGES = 256  # at most this many images per timed step, whatever the batch size
 TIMED_STEPS = 3  # timed steps per precision, after one warm-up step each
 
 
@@ -29,75 +26,56 @@ class Choice(NamedTuple):
     bf16_seconds: float
     fp32_seconds: float
 
+    @property
+    def seconds(self) -> float:
+        """The median seconds of a step in the precision chosen."""
+        return self.bf16_seconds if self.amp == "bf16" else self.fp32_seconds
+
 
 def pick(bf16_seconds: float, fp32_seconds: float) -> str:
     """"bf16" when its step time is clearly below fp32's (by BF16_MARGIN), else "off"."""
     return "bf16" if bf16_seconds * BF16_MARGIN <= fp32_seconds else "off"
 
 
-def train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, device_type: str, bf16: bool) -> None:
-    """One training step on (x, y), under bf16 autocast or at full precision."""
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss = F.cross_entropy(network(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def choose(network: torch.nn.Module, rt, images: torch.Tensor, labels: torch.Tensor,
-           steps: int = TIMED_STEPS, clock=time.perf_counter) -> Choice:
-    """Time ``steps`` training steps in fp32 and in bf16 autocast, interleaved, after one warm-up
-    step each, on a copy of ``network`` (on rt.device) and the first TIMING_IMAGES of ``images``
-    (the network's float input) and ``labels``; return the Choice. ``clock``: seconds, read
-    before and after each timed step (tests give fake ones)."""
-    x, y = images[:TIMING_IMAGES], labels[:TIMING_IMAGES].to(images.device)
-    copy_ = copy.deepcopy(network).train()
-    optimizer = torch.optim.SGD(copy_.parameters(), lr=1e-3)  # small, so the steps stay finite
-    rng = torch.get_rng_state()  # a network that draws (dropout) must not move the run's draws
+def choose(model, images, labels, steps: int = TIMED_STEPS, clock=time.perf_counter) -> Choice:
+    """Time ``steps`` of model's training steps in fp32 and in bf16 autocast, interleaved, after
+    one warm-up step each, on its training ``images`` ((N, 3, 32, 32) uint8 on the device) and
+    ``labels``; return the Choice. The model is left as it was, its --amp included. Under
+    torchrun each time is the slowest rank's, so every rank chooses alike. ``clock``: seconds,
+    read before and after each step (tests give fake ones)."""
+    amp_before = model.config.amp
+    seconds = {"off": [], "bf16": []}
     try:
-        for bf16 in (False, True):
-            train_step(copy_, optimizer, x, y, rt.device.type, bf16)
-        seconds = {False: [], True: []}
-        for _ in range(steps):
-            for bf16 in (False, True):
-                start = clock()
-                train_step(copy_, optimizer, x, y, rt.device.type, bf16)
-                seconds[bf16].append(clock() - start)
+        with StepTimer(model, images, labels, clock) as timer:
+            for amp in seconds:
+                set_amp(model, amp)
+                timer.step()
+            for _ in range(steps):
+                for amp in seconds:
+                    set_amp(model, amp)
+                    seconds[amp].append(timer.step())
     finally:
-        torch.set_rng_state(rng)
-    bf16_median, fp32_median = statistics.median(seconds[True]), statistics.median(seconds[False])
+        set_amp(model, amp_before)
+    bf16_median, fp32_median = statistics.median(seconds["bf16"]), statistics.median(seconds["off"])
     return Choice(pick(bf16_median, fp32_median), bf16_median, fp32_median)
-
-
-def agreed(choice: Choice, rt) -> Choice:
-    """The choice every rank takes under torchrun: bf16 only if every rank found it faster, so
-    that all ranks train alike (the choice itself outside torchrun)."""
-    if not rt.context.distributed:
-        return choice
-    everywhere = distributed.agree_min(int(choice.amp == "bf16"), rt.collective_device())
-    return choice._replace(amp="bf16" if everywhere else "off")
 
 
 def set_amp(model, amp: str) -> None:
     """Settle a run's --amp at ``amp``: the config (which config.json and the checkpoints
     record) and the precision its steps run in. The loss scaler needs no change: it only acts
-    under fp16, which ``amp`` is not here (bf16 or off)."""
+    under fp16, which ``amp`` is not here (bf16, off, or auto on a CPU, which is off)."""
     model.config.amp = amp
     model.runtime.amp_dtype = runtime.amp_dtype(amp, model.runtime.device)
     model.amp_dtype = model.runtime.amp_dtype
 
 
-def settle(model, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """--amp auto on a CPU, at a fresh run's start: time bf16 and fp32 steps of the run's
-    network on its first training images (uint8 on the device) and keep the faster (``choose``,
-    ``agreed``); log the choice and the flag that pins it."""
-    rt = model.runtime
-    n = min(model.config.batch_size, TIMING_IMAGES)
-    x = rt.prepare_images(images[:n], False)  # standardized; no crop or flip, no random draws
-    choice = agreed(choose(model.network, rt, x, labels[:n]), rt)
+def settle(model, images, labels, clock=time.perf_counter) -> Choice:
+    """--amp auto on a CPU, at a fresh run's start: keep the faster precision of ``choose`` and
+    log it with the flag that pins it; return the Choice."""
+    choice = choose(model, images, labels, clock=clock)
     set_amp(model, choice.amp)
     model.log(describe(choice))
+    return choice
 
 
 def describe(choice: Choice) -> str:

@@ -123,14 +123,20 @@ def backbone_parameters(network: nn.Module) -> list:
     return [p for p in network.parameters() if id(p) not in head]
 
 
-def set_frozen(network: nn.Module, frozen: bool) -> None:
+def set_frozen(network: nn.Module, frozen: bool) -> bool:
     """Freeze or free the backbone: frozen, its parameters take no gradient (so SGD leaves
     them, their momentum and their decay alone) and its batch-norm layers run in eval mode (their
-    running statistics stay fixed). Call after network.train(): it is a pure function of
-    ``frozen``, so a resumed run sets the same state."""
+    running statistics stay fixed), plain or synchronized (--sync_bn) alike. Call after
+    network.train(): it is a pure function of ``frozen``, so a resumed run sets the same state.
+    Returns whether any parameter's requires_grad changed: DistributedDataParallel registers the
+    parameters that take a gradient when it wraps the network, so a wrapper built before the
+    change must be built again."""
+    changed = False
     for p in backbone_parameters(network):
+        changed |= p.requires_grad == frozen
         p.requires_grad_(not frozen)
     if frozen:  # the head is a Linear layer: every batch norm belongs to the backbone
         for m in network.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+    return changed

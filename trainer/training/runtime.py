@@ -47,12 +47,21 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device):
-    """--amp on this device: None (full precision), torch.bfloat16 or torch.float16."""
+    """--amp on this device: None (full precision), torch.bfloat16 or torch.float16. Auto on
+    CUDA picks bf16 where the device computes in it natively (compute capability 8.0, Ampere, and
+    later; ROCm's devices, as torch says), else fp16 with the loss scaler:
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (T4, V100), and
+    asks the current device, not this run's."""
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+    if amp == "bf16" or (amp == "auto" and native_bf16(device)):
         return torch.bfloat16
     return torch.float16
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device (cuda or cuda:N) computes in bf16 natively."""
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
 
 
 class Runtime:
@@ -98,18 +107,23 @@ def build(config: Config, rt: Runtime) -> torch.nn.Module:
     """The run's network, seeded by config.seed (the initial weights depend on the seed only),
     with SyncBatchNorm under torchrun's --sync_bn, on the device in the memory format."""
     torch.manual_seed(config.seed)
-    if config.network == "resnet50":  # torchvision's, outside the course file NetWork.py
-        network = pretrained.build(config.num_classes, config.pretrained, config.pretrained_file)
-    else:
-        network = build_network(config.network, config.resnet_version, config.resnet_size,
-                                config.num_classes, config.first_num_filters,
-                                batch_norm=config.batch_norm, downsample=config.downsample,
-                                shortcut=config.shortcut, activation=config.activation,
-                                width_scale=config.width_scale, whiten=config.whiten)
+    network = network_for(config)
     if config.sync_bn and rt.context.distributed:
         network = distributed.convert_sync_batchnorm(network, rt.device)
     network.to(rt.device, memory_format=rt.memory_format)
     return network
+
+
+def network_for(config: Config) -> torch.nn.Module:
+    """The network config describes, every network flag applied, on the CPU (its weights drawn
+    from torch's random state as it is)."""
+    if config.network == "resnet50":  # torchvision's, outside the course file NetWork.py
+        return pretrained.build(config.num_classes, config.pretrained, config.pretrained_file)
+    return build_network(config.network, config.resnet_version, config.resnet_size,
+                         config.num_classes, config.first_num_filters,
+                         batch_norm=config.batch_norm, downsample=config.downsample,
+                         shortcut=config.shortcut, activation=config.activation,
+                         width_scale=config.width_scale, whiten=config.whiten)
 
 
 def configure_backends(config: Config, rt: Runtime) -> None:
