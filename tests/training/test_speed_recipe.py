@@ -3,6 +3,7 @@ budget spent rather than left over, validation without the recipe's test-time au
 that augmentation the default of --mode test and predict for the checkpoints it makes."""
 import copy
 import json
+import shutil
 import time
 
 import pytest
@@ -159,6 +160,14 @@ def test_validation_during_training_ignores_the_recipes_tta(tmp_path, monkeypatc
     assert seen and set(seen) == {"off"}
 
 
+def speed_flags() -> list:
+    """TINY's flags for the speed recipe: its own network and --amp auto, batches of 16."""
+    flags = [a for a in TINY if a not in ("--resnet_size", "1", "--first_num_filters", "4",
+                                          "--amp", "off")]
+    flags[flags.index("--batch_size") + 1] = "16"
+    return flags
+
+
 @pytest.fixture(scope="module")
 def speed_run(tmp_path_factory):
     """A tiny --recipe speed run with a budget (batch 16 instead of 1,024: the data is tiny)."""
@@ -166,11 +175,12 @@ def speed_run(tmp_path_factory):
     data_dir = root / "data"
     write_cifar(data_dir, n_per_batch=24, n_test=20)
     modeldir = root / "model"
-    flags = [a for a in TINY if a not in ("--resnet_size", "1", "--first_num_filters", "4")]
-    flags[flags.index("--batch_size") + 1] = "16"
+    flags = speed_flags()
+    began = time.monotonic()
     result = run_main(["--mode", "train", "--recipe", "speed", "--budget_minutes", "0.5",
                        "--data_dir", data_dir, "--modeldir", modeldir, "--quiet",
-                       "--split_index", "100", *flags])
+                       "--split_index", "100", "--save_interval", "1", *flags])
+    result.wall_seconds = time.monotonic() - began
     return data_dir, modeldir, result
 
 
@@ -185,6 +195,10 @@ def test_a_speed_run_chooses_its_width_and_spends_its_budget(speed_run):
     ckpt = checkpoints.read_checkpoint(checkpoints.find_checkpoint(str(modeldir), newest))
     assert ckpt["config"]["width_scale"] == saved["width_scale"]
     assert ckpt["config"]["max_epoch"] == newest  # the planned run was trained to its end
+    assert result.stdout.count("amp auto:") == 1  # settled once, for the width and the run
+    # Spent, not left over: the process ran for most of its 30 s (Python's start-up and the
+    # curves it draws after training lie outside the budget, which counts from main's start).
+    assert 0.7 * 30 <= result.wall_seconds <= 30 + 15, result.wall_seconds
 
 
 def test_test_mode_uses_the_recipes_tta_unless_told_otherwise(speed_run):
@@ -201,9 +215,23 @@ def test_test_mode_uses_the_recipes_tta_unless_told_otherwise(speed_run):
 
 
 def test_a_resumed_speed_run_keeps_its_width(speed_run, tmp_path):
+    """Trained again from its first checkpoint (a real resume, in a copy of the folder), the run
+    takes the width and the plan that checkpoint holds: nothing is chosen or planned anew."""
     data_dir, modeldir, result = speed_run
     assert result.returncode == 0, result.stderr
-    saved = json.loads((modeldir / "config.json").read_text())["config"]
-    cfg = Config(network="airbench", width_scale=0.0, modeldir=str(modeldir), budget_minutes=0.5)
-    sizing.resolve(cfg, None, "latest", 0, 0, 0.0)
-    assert cfg.width_scale == saved["width_scale"]
+    copy_dir = tmp_path / "model"
+    shutil.copytree(modeldir, copy_dir)
+    first = checkpoints.read_checkpoint(str(copy_dir / "model-1.ckpt"))["config"]
+    flags = speed_flags()
+    again = run_main(["--mode", "train", "--recipe", "speed", "--budget_minutes", "0.5",
+                      "--data_dir", data_dir, "--modeldir", copy_dir, "--quiet",
+                      "--split_index", "100", "--save_interval", "1", "--resume", "1",
+                      "--overwrite", *flags])
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout and "width for" not in again.stdout, again.stdout
+    assert "amp auto:" not in again.stdout and "budget 0.5 min:" not in again.stdout
+    newest = checkpoints.list_checkpoints(str(copy_dir))[-1]
+    last = checkpoints.read_checkpoint(checkpoints.find_checkpoint(str(copy_dir), newest))
+    assert last["config"]["width_scale"] == first["width_scale"]
+    assert last["config"]["amp"] == first["amp"]
+    assert newest == first["max_epoch"] == last["config"]["max_epoch"]
