@@ -165,7 +165,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
     # Each section lists its flags in the order HELP_SECTIONS gives, the flags above first.
     order = {name: i for i, name in enumerate(n for names in HELP_SECTIONS.values() for n in names)}
-    for f in sorted(dataclasses.fields(Config), key=lambda f: order.get(f.name, len(order))):
+    for f in sorted(FLAG_FIELDS, key=lambda f: order.get(f.name, len(order))):
         meta, cfg = f.metadata, section(f.name)
         if f.type is bool or isinstance(f.default, bool):
             group = cfg.add_mutually_exclusive_group()
@@ -189,10 +189,15 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+# The configuration fields the command line sets: all but those a run sets itself (a budget's
+# replan records plan_anchor).
+FLAG_FIELDS = [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+
+
 def explicit_flags(argv) -> set:
     """The configuration fields a command line sets itself (not left at their defaults)."""
     parsed, _ = build_parser(suppress_defaults=True).parse_known_args(argv)
-    return {f.name for f in dataclasses.fields(Config)} & set(vars(parsed))
+    return {f.name for f in FLAG_FIELDS} & set(vars(parsed))
 
 
 def _modeldirs(args) -> list:
@@ -201,7 +206,7 @@ def _modeldirs(args) -> list:
 
 
 def config_from_args(args) -> Config:
-    return Config(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Config)})
+    return Config(**{f.name: getattr(args, f.name) for f in FLAG_FIELDS})
 
 
 def run_train(config: Config, args) -> int:

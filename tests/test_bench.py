@@ -65,8 +65,8 @@ def test_gpu_check_refuses_a_missing_output_folder_and_writes_nowhere(tmp_path, 
     name = f"gpu-check-{os.getpid()}-{device}.txt"
     output = tmp_path / "missing" / name
     stray = os.path.join("/", name)
-    try:
-        r = run_gpu_check(tmp_path, output, device=device)
+    try:  # no python: were the folder not refused, every step would end at once, not train
+        r = run_gpu_check(tmp_path, output, device=device, PYTHON=str(tmp_path / "no-python"))
         assert not os.path.exists(stray)
     finally:
         if os.path.exists(stray):

@@ -75,7 +75,7 @@ def evaluate_run(config: Config, numbers, eval_set, json_path, explicit,
                          sources + DataReader.data_files(config.data_dir))
         config, trained = checkpoint_config.config_from_checkpoint(config, explicit,
                                                                    numbers[0])
-        announce(config)  # PLANTED
+        announce(config, trained_with=trained)
         model = Model.MyModel(config, context=context)
         names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
         x_train, y_train, x_test, y_test = dataset.load(config)

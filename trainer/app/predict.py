@@ -80,7 +80,7 @@ def predict_run(config: Config, number, private: str, output: str, explicit) -> 
                  + DataReader.data_files(config.data_dir))
     check_rows_named(private, output)
     config, trained = checkpoint_config.config_from_checkpoint(config, explicit, number)
-    announce(config)  # PLANTED
+    announce(config, trained_with=trained)
     model = Model.MyModel(config)
     x, files = DataReader.load_private_images(private)
     model.load(number)

@@ -49,7 +49,7 @@ NOT_SWEPT = {
 def parse(specs) -> list:
     """[[key, value, ...], ...] from the command line -> [(key, [typed values])], each value
     checked as its flag would be (type and choices); a value given twice is refused."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+    fields = {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
     sweeps = []
     for spec in specs:
         key, texts = spec[0], spec[1:]
