@@ -52,7 +52,7 @@ if [ -d "$OUTPUT" ]; then
     echo "gpu_check: OUTPUT $OUTPUT is a folder; give a file name such as $OUTPUT/gpu_check.txt." >&2
     exit 2
 fi
-if false; then
+if [ -e "$OUTPUT" ] && [ "$OVERWRITE" -eq 0 ]; then
     echo "gpu_check: OUTPUT $OUTPUT exists already; give another file name or add --overwrite." >&2
     exit 2
 fi
@@ -122,13 +122,13 @@ step() {
     [ "$cap" -gt "$left" ] && cap=$left
     say "[$name] \$ $*"
     local begun=$SECONDS rc result figures=""
-    timeout "$cap" "$@" > "$WORK/step.log" 2>&1
+    timeout -k 10 "$cap" "$@" > "$WORK/step.log" 2>&1  # killed 10 s after a SIGTERM it ignores
     rc=$?
     tee -a "$OUTPUT" < "$WORK/step.log"
     if [ "$rc" -eq 0 ]; then
         result=ok
         figures=$("$figure" 2>/dev/null)
-    elif [ "$rc" -eq 124 ]; then
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         result="timed out after $cap s"
         FAILED=1
     else
@@ -144,7 +144,8 @@ step() {
 last_line() { grep -v '^\s*$' "$WORK/step.log" | tail -n 1 | tr -d '=' | sed -E 's/^ +| +$//g'; }
 device_figure() { grep -E '^(torch|cuda:)' "$WORK/step.log" | paste -sd ';' | sed 's/;/; /g'; }
 data_figure() { echo "$(( 5 * PER_BATCH )) training and validation, $N_TEST test images"; }
-# "2 epochs: 41.2 s, then 3.1 s, 14212 img/s" from main.py's epoch lines (first and last epoch).
+# "2 epochs: 41.2 s, last 3.1 s, 14212 img/s" from main.py's epoch lines: the first epoch's
+# seconds, the last one's and its training images per second.
 epochs_figure() {
     sed -nE 's/^epoch +[0-9]+\/[0-9]+ .* ([0-9.]+) s +([0-9]+) img\/s$/\1 \2/p' "$WORK/step.log" |
         awk '{ n++; if (n == 1) first = $1; last = $1; rate = $2 }

@@ -61,7 +61,7 @@ def run_gpu_check(tmp_path, *args, device="cpu", timeout=60, **env):
 
 @pytest.mark.parametrize("device", ["cpu", None])
 def test_gpu_check_refuses_a_missing_output_folder_and_writes_nowhere(tmp_path, device):
-    # Issue 24, item 13: the folder's absence made the path "/figures-....txt", which was truncated.
+    # Issue 24, item 13: a missing folder made the path "/" + the file's name, which was truncated.
     name = f"gpu-check-{os.getpid()}-{device}.txt"
     output = tmp_path / "missing" / name
     stray = os.path.join("/", name)
@@ -80,12 +80,12 @@ def test_gpu_check_refuses_a_missing_output_folder_and_writes_nowhere(tmp_path, 
 def test_gpu_check_refuses_an_existing_output_and_a_folder(tmp_path):
     output = tmp_path / "figures.txt"
     output.write_text("an earlier check\n")
-    r = run_gpu_check(tmp_path, output)
+    r = run_gpu_check(tmp_path, output, PYTHON=str(tmp_path / "no-python"))  # no steps, were it run
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr == (f"gpu_check: OUTPUT {output} exists already; give another file name or "
                         "add --overwrite.\n")
     assert output.read_text() == "an earlier check\n"
-    r = run_gpu_check(tmp_path, tmp_path, "--overwrite")
+    r = run_gpu_check(tmp_path, tmp_path, "--overwrite", PYTHON=str(tmp_path / "no-python"))
     assert r.returncode == 2 and r.stderr == (f"gpu_check: OUTPUT {tmp_path} is a folder; give a "
                                               f"file name such as {tmp_path}/gpu_check.txt.\n")
     assert os.listdir(tmp_path) == ["figures.txt"]

@@ -247,3 +247,17 @@ def test_overwrite_keeps_the_old_run_when_the_budget_refuses_the_new_one(data_di
     err = capsys.readouterr().err
     assert "leaves no time for one epoch" in err and "Traceback" not in err, err
     assert snapshot(str(folder)) == before
+
+
+@pytest.mark.parametrize("anchor", ["oops", [1, 2], [1, 0.5, float("nan"), 0.1], [1, None, 1, 0]])
+def test_a_damaged_plan_anchor_is_refused_in_one_sentence(tmp_path, anchor):
+    from trainer.run import state
+    from trainer.run.checkpoints import CheckpointError
+    x, y = data(16)
+    model = MyModel(tiny_config(tmp_path, max_epoch=1), log=lambda *a: None)
+    model.train(x, y)
+    ckpt = load(tmp_path / "model" / "model-1.ckpt")
+    ckpt["config"]["plan_anchor"] = anchor
+    with pytest.raises(CheckpointError, match="damaged plan_anchor"):
+        state.check_same_run(ckpt, "model-1.ckpt", model.config, model.network,
+                             [p for g in model.optimizer.param_groups for p in g["params"]])

@@ -123,7 +123,7 @@ def plan(cli: dict, explicit, sweeps) -> list:
     if {"budget_minutes", "max_epoch"} <= given:
         raise ConfigError("--budget_minutes sets the number of epochs itself; sweep or give it "
                           "or --max_epoch, not both.")
-    names = [f.name for f in dataclasses.fields(Config)]
+    names = [f.name for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
     runs = []
     for combo in combinations(sweeps):
         name = folder_name(combo)

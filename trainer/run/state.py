@@ -133,6 +133,11 @@ def check_same_run(ckpt: dict, path: str, config, network, parameters,
                                  "not planned by a time budget")
                               + f"; {hint}.")
     adopted = {}
+    anchor = saved_config.get("plan_anchor", ())
+    if not (isinstance(anchor, (list, tuple)) and len(anchor) in (0, 4)
+            and all(contents.is_number(v) for v in anchor)):
+        raise CheckpointError(f"{path} holds a damaged plan_anchor ({anchor!r}); resume from "
+                              f"another checkpoint with --resume N.")
     if budget:  # the budget was planned when the run began; resuming keeps that plan
         adopted = {"max_epoch": saved_config.get("max_epoch", config.max_epoch),
                    "final_epoch_share": saved_config.get("final_epoch_share", 1.0),
