@@ -70,7 +70,7 @@ HELP_SECTIONS = {
          "lr_decay_epochs", "lr_decay_factor", "warmup_epochs", "nesterov", "no_decay_bn_bias",
          "label_smoothing", "ema", "max_epoch", "save_interval", "seed"),
     "recipes and budget (docs/training.md)":
-        ("recipe", "budget_minutes", "final_epoch_share", "plan_anchor"),
+        ("recipe", "budget_minutes", "final_epoch_share"),
     "speed techniques of airbench94 (docs/training.md)":
         ("whiten", "whiten_bias_share", "decoupled", "bias_lr_scale", "lookahead",
          "lookahead_decay", "lookahead_every", "translate", "pad_mode", "flip"),
