@@ -3,6 +3,7 @@ is past (trainer.training.schedules' anchor), and what the budget measures
 (trainer.training.budget): the real timing, a replan to zero, resuming, --overwrite."""
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -34,9 +35,11 @@ def course(max_epoch=200, decays=(100, 150)) -> Config:
 
 @pytest.mark.parametrize("current, stretched, done, whole, expected", [
     ((6, 10), (8, 11), 7, 15, (6, 11)),  # the issue's case: 6 took place, 10 -> 11
-    ((6, 10), (4, 7), 7, 9, (6, 8)),     # shorter: 6 stays; 7 would be past, so the next epoch
+    ((6, 10), (4, 7), 7, 9, (6, 7)),     # shorter: 6 stays; 7, still to come, acts on epoch 8
+    ((6, 10), (4, 5), 7, 9, (6, 7)),     # 5 would be past: no earlier than after epoch 7
     ((6, 10), (8, 11), 5, 15, (8, 11)),  # nothing took place yet: both move
-    ((3,), (1, 2), 4, 5, (3,)),          # never a second decay from a stretch of the past
+    ((6, 10), (5, 6), 9, 10, (6, 9)),    # one epoch left: it still trains at the last rate
+    ((3,), (1, 2), 4, 5, (3, 4)),        # a decay the shorter plan had dropped comes back
     ((2, 3), (1, 2), 3, 3, (2,)),        # the run ends now: decays at or past its end go
 ])
 def test_decays_that_took_place_stay_and_later_ones_never_move_into_the_past(
@@ -54,8 +57,9 @@ def test_a_replan_of_the_step_schedule_never_trains_an_epoch_at_the_old_rate_aga
         assert after.max_epoch == epochs
         before_rates = [schedules.lr_at_step(first, e, 0, 10) for e in range(1, 8)]
         assert [schedules.lr_at_step(after, e, 0, 10) for e in range(1, 8)] == before_rates
-        # epoch 8 goes on at the rate epoch 7 trained at, not 0.1 again
-        assert schedules.lr_at_step(after, 8, 0, 10) == pytest.approx(0.01)
+        # epoch 8 goes on at the rate epoch 7 trained at or lower, never 0.1 again
+        assert schedules.lr_at_step(after, 8, 0, 10) <= 0.01 + 1e-12
+        assert schedules.lr_at_step(after, epochs, 0, 10) == pytest.approx(0.001)
 
 
 def progress_of(cfg: Config, steps_per_epoch: int) -> list:
@@ -71,10 +75,11 @@ def rates_of(cfg: Config, steps_per_epoch: int) -> list:
 
 
 @pytest.mark.parametrize("schedule", ["triangle", "onecycle", "cosine"])
-@pytest.mark.parametrize("done, new_epochs", [(1, 14), (1, 6.5), (4, 14), (4, 6.5), (4, 4)])
+@pytest.mark.parametrize("done, new_epochs", [(1, 14), (1, 6.5), (1, 3), (2, 3), (4, 14),
+                                              (4, 6.5), (4, 4)])
 def test_a_replan_goes_on_from_where_the_run_is(schedule, done, new_epochs):
-    """Longer and shorter, during the warm-up (after epoch 1 of 10) and after it (epoch 4), and
-    to an end at once: the steps already taken keep their rates and progress; from the replan
+    """Longer and shorter, during the warm-up (after epoch 1 of 10) and after it (epoch 4), so
+    short that the new warm-up would be over already (3 epochs), and to an end at once: the steps already taken keep their rates and progress; from the replan
     on, progress grows steadily to 1 at the new end, the warm-up never starts again and the
     rate never jumps."""
     spe = 10
@@ -119,6 +124,15 @@ def test_the_first_plan_and_a_replan_round_alike():
     assert budget_plan.in_thousandths(0.1 * 3) == 300
 
 
+def test_a_replan_that_an_explicit_warm_up_overruns_ends_as_soon_as_the_warm_up_allows():
+    base = Config(lr_schedule="cosine", warmup_epochs=3.0, max_epoch=10, budget_minutes=5.0,
+                  lr_decay_epochs=())
+    first = planned(base, budget_plan.planned_changes(base, 10, 60.0))
+    after = budget_plan.replanned(base, budget_plan.Done(first, 1, 10), 1.5, 60.0)
+    assert (after["max_epoch"], after["final_epoch_share"]) == (4, pytest.approx(0.05))
+    assert "warmup_epochs" not in after  # the user's, kept
+
+
 def test_a_plan_that_stands_changes_nothing():
     base = course()
     first = planned(base, budget_plan.planned_changes(base, 13, 60.0))
@@ -137,6 +151,8 @@ def test_a_budget_run_times_its_own_steps_and_spends_no_more_than_its_budget(tmp
     model = MyModel(tiny_config(tmp_path, budget_minutes=0.25, max_epoch=200,
                                 lr_decay_epochs=(100, 150), lookahead=True), log=lines.append)
     history = model.train(x[:24], y[:24], x[24:], y[24:])
+    wall = time.monotonic() - model.started
+    assert 0.5 * 15 <= wall <= 15 + 10, wall  # spent, and not overrun by more than an epoch's
     plan = [line for line in lines if line.startswith("budget 0.25 min:")]
     assert plan and "ms per step x 3 steps" in plan[0], lines
     assert len(history) == model.config.max_epoch >= 1
@@ -261,3 +277,34 @@ def test_a_damaged_plan_anchor_is_refused_in_one_sentence(tmp_path, anchor):
     with pytest.raises(CheckpointError, match="damaged plan_anchor"):
         state.check_same_run(ckpt, "model-1.ckpt", model.config, model.network,
                              [p for g in model.optimizer.param_groups for p in g["params"]])
+
+
+def test_a_frozen_start_is_timed_in_both_states_and_planned_at_the_free_speed(monkeypatch):
+    """--freeze_epochs: the frozen steps are the cheaper, so the plan counts every epoch at the
+    free backbone's speed, and the replan after the last frozen epoch carries that epoch's real
+    speed over to the free ones at the ratio measured."""
+    from types import SimpleNamespace
+    from trainer.training.runtime import Runtime
+    timed = []
+
+    def steps(model, images, labels, epoch=1):
+        timed.append(epoch)
+        return (0.1 if epoch == 1 else 0.4), 10  # a frozen step, a free one; 10 steps an epoch
+
+    monkeypatch.setattr(budget, "measure_steps", steps)
+    monkeypatch.setattr(budget, "measure_validation", lambda model, x: 0.0)
+    monkeypatch.setattr(budget, "measure_save", lambda model: 0.0)
+    cfg = Config(network="resnet50", freeze_epochs=1, budget_minutes=1.0, lr_schedule="cosine",
+                 lr_decay_epochs=(), device="cpu", amp="off", max_epoch=5)
+    model = SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(),
+                            log=lambda *a: None)
+    changes, timing = budget.fit(model, None, None, None)
+    assert timed == [1, 2]
+    assert changes["max_epoch"] == 15  # 58.8 s left at 4 s an epoch: 14.7 epochs
+    seen = []
+    monkeypatch.setattr(budget_plan, "plan_epochs",
+                        lambda budget_s, spent, train, *a, **k: seen.append(train) or 10.0)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    budget.replan(model, cfg, timing, 1, 1.5)  # the frozen epoch took 1.5 s: free ones 6 s
+    assert seen == [pytest.approx(6.0)]

@@ -37,8 +37,9 @@ CSV_COLUMNS = ("run", "differs", "best_valid_acc", "best_epoch", "final_train_lo
 # define what it computes, and its length.
 CHOICE_KEYS = ["recipe", "budget_minutes"]
 LABEL_KEYS = CHOICE_KEYS + list(RUN_DEFINING_KEYS) + ["max_epoch"]
-# The values a --budget_minutes run plans itself from its measured speed (budget.planned_changes;
-# a resume adopts the same four, run/state.py): the budget's, not the user's.
+# The values a --budget_minutes run plans itself from its measured speed
+# (budget_plan.planned_changes; a resume adopts them, with plan_anchor, run/state.py): the
+# budget's, not the user's. plan_anchor is no run-defining key, so no label names it anyway.
 BUDGET_PLANNED = ("max_epoch", "final_epoch_share", "lr_decay_epochs", "warmup_epochs")
 MAX_REPORT_BYTES = 64 * 2 ** 20  # a test report of CIFAR-100 is well under 1 MiB
 

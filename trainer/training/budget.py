@@ -2,8 +2,11 @@
 
 This module measures; trainer.training.budget_plan decides. Before the first epoch of a fresh run
 ``fit`` times the run's own training step (trainer.training.step_timing: a warm-up step, then
-real steps, the run put back as it was), a validation batch after one that warms up, and a real
-checkpoint written to disk; the plan fits as many epochs into what is left as those times allow.
+real steps, the run put back as it was; with --freeze_epochs, steps of the free backbone, which
+most epochs train), a validation batch after one that warms up, and a real checkpoint written to
+disk (a temporary beside the checkpoints, removed again), counted for each epoch's model-best.ckpt
+and its share of the numbered ones (--save_interval); the plan fits as many epochs into what is
+left as those times allow.
 Everything before it (loading the data, --amp auto, the width of --recipe speed, the timing
 itself, and with --compile the compilation its warm-up step does) is time already spent. After
 every epoch but the last, ``replan`` plans the rest again from that epoch's real training time,
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from configure import applies
 from trainer.evaluation import evaluate
 from trainer.parallel import distributed
 from trainer.run import state
@@ -26,7 +30,6 @@ from trainer.training import budget_plan, step_timing
 
 MIN_TIMED, MAX_TIMED = 2, 20  # training steps timed, after one that warms up
 TIMING_SECONDS = 2.0  # past MIN_TIMED steps, no more are timed once this much time went by
-SAVES_PER_EPOCH = 2  # at most a model-best.ckpt and a numbered one
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Timing:
     eval_seconds: float
     save_seconds: float
     last_epoch_seconds: float = 0.0
+    frozen_step_seconds: float = 0.0  # --freeze_epochs: a step with the backbone frozen
 
     @property
     def train_seconds(self) -> float:
@@ -48,11 +52,12 @@ class Timing:
         return self.train_seconds + self.eval_seconds + self.save_seconds
 
 
-def measure_steps(model, images: torch.Tensor, labels: torch.Tensor):
-    """(mean seconds of the run's training step, steps an epoch): at least MIN_TIMED steps after
-    a warm-up, more (up to MAX_TIMED) while they take less than TIMING_SECONDS in all, so that
-    large batches on a slow device cost little. Under torchrun every rank times the same steps."""
-    with step_timing.timing(model, images, labels) as timer:
+def measure_steps(model, images: torch.Tensor, labels: torch.Tensor, epoch: int = 1):
+    """(mean seconds of the run's training step in the state of ``epoch``, steps an epoch): at
+    least MIN_TIMED steps after a warm-up, more (up to MAX_TIMED) while they take less than
+    TIMING_SECONDS in all, so that large batches on a slow device cost little. Under torchrun
+    every rank times the same steps."""
+    with step_timing.timing(model, images, labels, epoch=epoch) as timer:
         times = timer.steps(MIN_TIMED)
         while len(times) < MAX_TIMED and sum(times) < TIMING_SECONDS:
             times.append(timer.step())
@@ -103,9 +108,15 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
     config.budget_minutes, counted from model.started, and the Timing they come from. The plan
     is printed. Under torchrun every rank takes the slowest rank's plan."""
     cfg, rt = model.config, model.runtime
-    step_seconds, steps_per_epoch = measure_steps(model, images, labels)
+    frozen_seconds = 0.0
+    if freezes(cfg):  # the frozen epochs are the cheaper; the plan counts every epoch free
+        frozen_seconds, _ = measure_steps(model, images, labels, epoch=1)
+    step_seconds, steps_per_epoch = measure_steps(model, images, labels,
+                                                  epoch=cfg.freeze_epochs + 1 if freezes(cfg)
+                                                  else 1)
+    saves = (1 if x_valid is not None and len(x_valid) else 0) + 1 / cfg.save_interval
     timing = Timing(step_seconds, steps_per_epoch, measure_validation(model, x_valid),
-                    SAVES_PER_EPOCH * measure_save(model))
+                    saves * measure_save(model), frozen_step_seconds=frozen_seconds)
     spent = time.monotonic() - model.started
     epochs = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent, timing.train_seconds,
                                      timing.eval_seconds, timing.save_seconds)
@@ -128,6 +139,9 @@ def replan(model, base, timing: Timing, epoch: int, train_seconds: float) -> dic
     the command line made it, before the first plan. Under torchrun every rank takes the
     slowest rank's plan."""
     cfg = model.config
+    if freezes(cfg) and epoch == cfg.freeze_epochs and timing.frozen_step_seconds > 0:
+        # the last frozen epoch: its speed, carried over to the free ones that follow
+        train_seconds *= timing.step_seconds / timing.frozen_step_seconds
     pending = timing.eval_seconds + timing.save_seconds  # this epoch's own, still to come
     spent = time.monotonic() - model.started + pending
     rest = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent, train_seconds,
@@ -138,10 +152,18 @@ def replan(model, base, timing: Timing, epoch: int, train_seconds: float) -> dic
     done = budget_plan.Done(cfg, epoch, timing.steps_per_epoch)
     changes = budget_plan.replanned(base, done, rest, epoch_seconds)
     if changes:
+        planned = changes["max_epoch"] - 1 + changes["final_epoch_share"]
+        over = f" (over budget: --warmup_epochs {base.warmup_epochs:g} needs them)" \
+            if planned > epoch + rest + budget_plan.SAME_PLAN else ""
         model.log(f"budget {cfg.budget_minutes:g} min: epoch {epoch} took {epoch_seconds:.0f} s "
                   f"against {planned_seconds:.0f} s planned -> "
-                  f"{budget_plan.describe(changes)} in all")
+                  f"{budget_plan.describe(changes)} in all{over}")
     return changes
+
+
+def freezes(cfg) -> bool:
+    """Whether the run starts with its backbone frozen (--freeze_epochs, resnet50)."""
+    return applies("freeze_epochs", cfg.network) and cfg.freeze_epochs > 0
 
 
 def agreed(epochs: float, rt) -> float:

@@ -8,7 +8,7 @@ every replan use). ``planned_changes`` gives the configuration values that chang
 max_epoch and final_epoch_share, the step schedule's decay epochs (moved to the same fractions of
 the new length by ``stretch_decay_epochs``) and a recipe's warm-up (scaled likewise). A replan
 between epochs (``replanned``) never undoes what is past: a decay that has taken place stays
-where it was and one still to come cannot move before the next epoch (``keep_past_decays``), and
+where it was and one still to come cannot move into the past (``keep_past_decays``), and
 the schedule, the run's progress (lookahead, --whiten_bias_share) and the warm-up go on from where
 they are (``plan_anchor``, trainer.training.schedules).
 """
@@ -77,13 +77,14 @@ def stretch_decay_epochs(decay_epochs, planned_from: int, planned_to: int):
 
 
 def keep_past_decays(current, stretched, done: int, whole: int):
-    """The decay epochs of a replan after epoch ``done``: those of the ``current`` plan at or
-    before it stay as they are (they have taken place, or take place before the next epoch);
-    the later ones are the ``stretched`` ones that follow them, none before epoch done + 1, each
-    after the one before, all within a run of ``whole`` epochs."""
-    kept = [d for d in current if d <= done and d < whole]
+    """The decay epochs of a replan after epoch ``done``: those of the ``current`` plan before it
+    stay as they are (they have taken place: epoch d + 1 on trained at the lower rate); the later
+    ones are the ``stretched`` ones that follow them, none before ``done`` (a decay after epoch
+    done first acts on the next epoch), each after the one before, all within a run of ``whole``
+    epochs."""
+    kept = [d for d in current if d < done and d < whole]
     for d in stretched[len(kept):]:
-        d = max(d, done + 1, kept[-1] + 1 if kept else 1)
+        d = max(d, done, kept[-1] + 1 if kept else 1)
         if d < whole:
             kept.append(d)
     return tuple(kept)
@@ -120,15 +121,26 @@ def planned_changes(base, epochs: float, epoch_seconds: float, done: Done = None
 
 def replanned(base, done: Done, rest_epochs: float, epoch_seconds: float) -> dict:
     """The changes (as ``planned_changes``) of a replan after ``done``, with ``rest_epochs``
-    more epochs fitting the budget; {} when the plan stands: the same length within SAME_PLAN,
-    or a new one that an explicit warm-up would not fit."""
+    more epochs fitting the budget; {} when the plan stands (the same length within SAME_PLAN).
+    An explicit --warmup_epochs is the user's, and a plan must end after it: where the budget
+    leaves less, the plan is the shortest one that does (``shortest_after_warmup``), over
+    budget rather than refused halfway through a run."""
     current = done.config
     epochs = done.epochs + rest_epochs
+    if not base.from_recipe("warmup_epochs"):
+        epochs = max(epochs, shortest_after_warmup(base))
     old = current.max_epoch - 1 + current.final_epoch_share
-    if abs(epochs - old) < SAME_PLAN or (not base.from_recipe("warmup_epochs")
-                                         and epochs <= base.warmup_epochs):
+    if abs(epochs - old) < SAME_PLAN:
         return {}
     return planned_changes(base, epochs, epoch_seconds, done)
+
+
+def shortest_after_warmup(base) -> float:
+    """The shortest plan an explicit --warmup_epochs leaves room in: MIN_SHARE of an epoch past
+    its end (0 without a warm-up)."""
+    if base.warmup_epochs <= 0:
+        return 0.0
+    return (in_thousandths(base.warmup_epochs) + in_thousandths(MIN_SHARE)) / 1000
 
 
 def describe(changes: dict) -> str:

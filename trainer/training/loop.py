@@ -96,7 +96,8 @@ def prepare_run(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.nda
     statistics, --whiten's first layer (``fresh`` runs only: resumed, the weights come from the
     checkpoint), the training split on the device, --amp auto on a CPU (fresh runs; resumed, the
     checkpoint's), and a --budget_minutes plan (fresh runs; resumed, the checkpoint's). Any of them
-    may refuse the run (ConfigError); none writes a file."""
+    may refuse the run (ConfigError); none leaves a file (the budget times a checkpoint's
+    write into a temporary it removes)."""
     cfg, rt = model.config, model.runtime
     if cfg.normalize == "dataset" and rt.mean_std is None:  # once, from the training split
         mean, std = ImageUtils.channel_stats(x_train)
@@ -121,7 +122,8 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_
     """Train model for config.max_epoch epochs; return the metrics of every epoch (a list of
     dicts). ``digest``: the training data's fingerprint, which checkpoints record. See
     Model.MyModel.train for the other arguments. Whatever may refuse the run (the folder, the
-    resume, the budget's plan) does so before a file is removed or written."""
+    resume, the budget's plan) does so before --overwrite removes an earlier run's files and
+    before the run's records begin."""
     cfg, main = model.config, model.dist.is_main
     folder = RunFolder(model)
     model.epochs_trained, later, best_kept = 0, [], None

@@ -86,6 +86,23 @@ class _Plan:
             warmup = int(TRIANGLE_RISE * self.total)
         self.warmup = min(warmup, self.total)
         self.anchor = _anchor(config)
+        shift = 0 if self.schedule == "triangle" else 1
+        if self.anchor is not None and self.anchor[2] < 1 and \
+                self.warmup <= self.anchor[0] + shift:
+            # A shorter plan whose warm-up would already be over: the rise ends where it is,
+            # and the fall begins from the rate the run has now, not from the peak.
+            g0, p0, r0, _ = self.anchor
+            self.anchor = (g0, p0, 1.0, self._fall_at_rate_of(r0))
+
+    def _fall_at_rate_of(self, rise: float) -> float:
+        """The fall (in [0, 1]) at which the rate is what it is at ``rise`` of the warm-up."""
+        if self.schedule == "triangle":  # S(1 - r) + r = (1 - f) + E f
+            return (1 - (TRIANGLE_START * (1 - rise) + rise)) / (1 - TRIANGLE_END)
+        if self.schedule == "onecycle":  # r = 1 - f
+            return 1 - rise
+        if self.schedule == "cosine":  # r = (1 + cos(pi f)) / 2
+            return math.acos(min(1.0, max(-1.0, 2 * rise - 1))) / math.pi
+        return 0.0  # the step schedule falls by its decays alone
 
     def _anchored(self) -> bool:
         return self.anchor is not None and self.g >= self.anchor[0]

@@ -21,6 +21,7 @@ width 0 is the published network (1) too. A resumed run takes the width its chec
 trained with.
 """
 import copy
+import gc
 import math
 import statistics
 import time
@@ -142,9 +143,17 @@ def resolve(config, build, images: torch.Tensor, labels: torch.Tensor, valid_ima
     else:
         measured[REFERENCE_WIDTH] = seconds_per_image(reference, images, labels)
     del reference
+    gc.collect()
 
     def timer(width):
-        return seconds_per_image(build(at_width(config, width)), images, labels)
+        model = build(at_width(config, width))
+        try:
+            return seconds_per_image(model, images, labels)
+        finally:  # each candidate's memory (a GPU's above all) freed before the next is built
+            del model
+            gc.collect()
+            if images.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     seconds = config.budget_minutes * 60 - (time.monotonic() - started)
     config.width_scale = choose(config, len(labels), valid_images, seconds, timer, log, measured)

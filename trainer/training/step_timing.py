@@ -5,7 +5,11 @@ A ``StepTimer`` takes real steps of a model (trainer.training.steps, through the
 training network: DistributedDataParallel under torchrun, the compiled network with --compile,
 fp16's loss scaler, label smoothing, L1, lookahead, EMA) on batches of its training images as the
 first epoch would draw them, and puts everything back when it ends: weights and buffers,
-optimizer and loss-scaler state, the weight averages, the random states. The first step it takes
+optimizer and loss-scaler state, the weight averages, the random states. What it leaves is what
+``steps.begin_epoch`` sets, a pure function of the epoch that every epoch sets again: training
+mode, a frozen or free backbone (--freeze_epochs) and the training network built for it. Under
+fp16 a step whose gradients overflow skips the optimizer's update, as the run's would. The first
+step it takes
 is the warm-up (it compiles with --compile, and cuDNN's autotuner tries its algorithms), so the
 time it takes counts as time spent, not as the speed of a step.
 
@@ -46,8 +50,9 @@ class StepTimer:
     ones)."""
 
     def __init__(self, model, images: torch.Tensor, labels: torch.Tensor,
-                 clock=time.perf_counter):
+                 clock=time.perf_counter, epoch: int = 1):
         self.model, self.images, self.labels, self.clock = model, images, labels, clock
+        self.epoch = epoch  # whose state the steps are taken in (--freeze_epochs)
         cfg, ctx = model.config, model.dist
         n = len(labels)
         self.slices = batch_slices(n, cfg.batch_size, ctx.rank, ctx.world_size)
@@ -78,7 +83,7 @@ class StepTimer:
             "rng": contents.capture_rng_states(),
             "training": m.network.training,
         }
-        training_steps.begin_epoch(m, 1)
+        training_steps.begin_epoch(m, self.epoch)
         return self
 
     def __exit__(self, *exc):
@@ -124,8 +129,10 @@ class StepTimer:
 
 
 @contextlib.contextmanager
-def timing(model, images: torch.Tensor, labels: torch.Tensor, clock=time.perf_counter):
-    """A StepTimer whose first step (the warm-up) is already taken."""
-    with StepTimer(model, images, labels, clock) as timer:
+def timing(model, images: torch.Tensor, labels: torch.Tensor, clock=time.perf_counter,
+           epoch: int = 1):
+    """A StepTimer (its steps in the state of ``epoch``) whose first step, the warm-up, is
+    already taken."""
+    with StepTimer(model, images, labels, clock, epoch) as timer:
         timer.step()
         yield timer
