@@ -265,6 +265,8 @@ class Config:
 
     def __post_init__(self):
         self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
+        if isinstance(self.plan_anchor, list):  # as config.json and a checkpoint hold it
+            self.plan_anchor = tuple(self.plan_anchor)
         # Resolved here, so that the printed config and every checkpoint hold the real values. An
         # unknown dataset or label_mode leaves them as they are, for validate() to name.
         if self.num_classes is None or self.num_classes == 0:

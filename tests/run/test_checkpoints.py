@@ -22,7 +22,7 @@ from cli_tools import (ENV, ROOT, TIMEOUT, TINY, assert_same_training_state, loa
                        run_main, snapshot, start_main, wait_for_file)
 from configure import RUN_DEFINING_KEYS, Config
 from Model import MyModel
-from trainer.training import loop
+from trainer.training import loop, steps
 
 TRAINING_KEYS = {"epoch", "model", "optimizer", "config", "rng", "metrics"}
 
@@ -527,8 +527,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     modeldir = tmp_path / "m"
     tiny_model(modeldir, max_epoch=2).train(x, y)
     before = checkpoint_files(modeldir)
-    real = loop.F.cross_entropy
-    monkeypatch.setattr(loop.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = steps.F.cross_entropy
+    monkeypatch.setattr(steps.F, "cross_entropy", lambda *a, **k: real(*a, **k) * float("nan"))
     with pytest.raises(Model.TrainingError) as info:
         tiny_model(modeldir, max_epoch=4).train(x, y, resume="latest")
     assert "NaN or infinite" in str(info.value) and "epoch 3" in str(info.value)
