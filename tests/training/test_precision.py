@@ -60,9 +60,9 @@ def test_each_precision_times_the_runs_own_step_in_that_precision(tmp_path, monk
     seen = []
     original = steps.train_step
 
-    def spy(m, x, y, weight=1.0):
+    def spy(m, x, y, global_batch=None):
         seen.append(m.runtime.amp_dtype)
-        return original(m, x, y, weight)
+        return original(m, x, y, global_batch)
 
     monkeypatch.setattr(steps, "train_step", spy)
     images, labels = batch()

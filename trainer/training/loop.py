@@ -247,9 +247,7 @@ def train_one_epoch(model, epoch: int, images: torch.Tensor, labels: torch.Tenso
         index = order[positions]
         x = rt.prepare_images(images[index], True, offsets[positions], flips[positions])
         y = labels[index]
-        # DDP averages over ranks: weigh each rank's mean by its share of the global batch
-        weight = len(y) * world / global_sizes[step] if world > 1 else 1.0
-        logits, reported = steps.train_step(model, x, y, weight)
+        logits, reported = steps.train_step(model, x, y, global_sizes[step])
         steps.after_step(model, epoch, step, len(slices))
 
         loss_sum += reported.detach().double() * len(y)

@@ -112,6 +112,13 @@ def choose(config, train_images: int, valid_images: int, seconds: float, timer, 
     return width
 
 
+def release(device: torch.device) -> None:
+    """Free a candidate model's memory (a GPU's above all) before the next one is built."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def resolve_from_checkpoint(config, resume) -> None:
     """A resumed run's width 0 (chosen): the width its checkpoint was trained with."""
     if config.width_scale == 0 and resume is not None:
@@ -143,17 +150,15 @@ def resolve(config, build, images: torch.Tensor, labels: torch.Tensor, valid_ima
     else:
         measured[REFERENCE_WIDTH] = seconds_per_image(reference, images, labels)
     del reference
-    gc.collect()
+    release(images.device)
 
     def timer(width):
         model = build(at_width(config, width))
         try:
             return seconds_per_image(model, images, labels)
-        finally:  # each candidate's memory (a GPU's above all) freed before the next is built
+        finally:
             del model
-            gc.collect()
-            if images.device.type == "cuda":
-                torch.cuda.empty_cache()
+            release(images.device)
 
     seconds = config.budget_minutes * 60 - (time.monotonic() - started)
     config.width_scale = choose(config, len(labels), valid_images, seconds, timer, log, measured)

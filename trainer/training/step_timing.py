@@ -9,9 +9,8 @@ optimizer and loss-scaler state, the weight averages, the random states. What it
 ``steps.begin_epoch`` sets, a pure function of the epoch that every epoch sets again: training
 mode, a frozen or free backbone (--freeze_epochs) and the training network built for it. Under
 fp16 a step whose gradients overflow skips the optimizer's update, as the run's would. The first
-step it takes
-is the warm-up (it compiles with --compile, and cuDNN's autotuner tries its algorithms), so the
-time it takes counts as time spent, not as the speed of a step.
+step it takes is the warm-up (it compiles with --compile, and cuDNN's autotuner tries its
+algorithms), so the time it takes counts as time spent, not as the speed of a step.
 
 Under torchrun each step's time is the slowest rank's (one collective after the clock is read),
 so every rank sees the same times, and any rule that decides from them how many steps to take
@@ -114,9 +113,7 @@ class StepTimer:
         x = rt.prepare_images(self.images[index], True, self.offsets[positions],
                               self.flips[positions])
         training_steps.set_rates(m, 1, i, len(self.slices))
-        weight = len(positions) * m.dist.world_size / self.global_sizes[i] \
-            if m.dist.world_size > 1 else 1.0
-        training_steps.train_step(m, x, self.labels[index], weight)
+        training_steps.train_step(m, x, self.labels[index], self.global_sizes[i])
         training_steps.after_step(m, 1, i, len(self.slices))
         synchronize(rt.device)
         seconds = self.clock() - start

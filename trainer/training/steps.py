@@ -44,18 +44,19 @@ def set_rates(model, epoch: int, step: int, steps_per_epoch: int) -> float:
     return lr
 
 
-def train_step(model, x, y, weight: float = 1.0):
+def train_step(model, x, y, global_batch: int = None):
     """Forward, backward and the optimizer's step on the batch (x, y): the network's float input
-    and its labels. ``weight`` multiplies the loss (under torchrun, this rank's share of the
-    global batch, so that DDP's average over the ranks is the batch mean). Return (logits, the
+    and its labels, this rank's part of a step of ``global_batch`` images over all ranks (under
+    torchrun the loss is weighed by this rank's share, so that DDP's average over the ranks is
+    the mean over the global batch; alone, the batch is the global one). Return (logits, the
     cross-entropy the epoch reports)."""
     cfg, world = model.config, model.dist.world_size
     try:
         with model.runtime.autocast():
             logits = model.train_net(x)
             loss, reported = objective(cfg, model.network, logits, y)
-        if weight != 1:
-            loss = loss * weight
+        if world > 1:
+            loss = loss * (len(y) * world / global_batch)
         model.optimizer.zero_grad(set_to_none=True)
         model.scaler.scale(loss).backward()  # DDP sums the gradients over the ranks
     except RuntimeError as e:
