@@ -40,7 +40,7 @@ RECIPE_SPEED = {"network": "airbench", "width_scale": 0.0, "whiten": True, "batc
                 "whiten_bias_share": 0.3, "label_smoothing": 0.2, "lr_schedule": "triangle",
                 "lookahead": True,
                 "flip": "alternating", "translate": 2, "pad_mode": "reflect",
-                "normalize": "dataset", "tta": "six", "max_epoch": 10}
+                "normalize": "dataset", "tta": "six", "max_epoch": 10, "cpu_processes": 0}
 # --recipe transfer: fine-tune torchvision's ImageNet ResNet-50 (a DS542 CIFAR-100 report's
 # transfer part): the new head alone for the first epoch, then everything at a tenth of the course
 # rate, cosine to 0 over 5 epochs. Weight decay 1e-4: torchvision's ImageNet recipe for ResNet-50,
@@ -245,6 +245,12 @@ class Config:
                             "testing or predicting on a CPU), bf16, fp16, off",
                     choices=("auto", "bf16", "fp16", "off"))
     compile: bool = _opt(False, "torch.compile the network (opt-in: slow to start)")
+    cpu_processes: int = _opt(1, "training on a CPU: 1 uses every core the run may use (taskset, "
+                                 "a CPU quota, OMP_NUM_THREADS) as threads of one process; N "
+                                 "starts N processes of one thread each over gloo, as torchrun "
+                                 "would; 0 times both at the start and keeps the faster (the "
+                                 "speed recipe's). config.json records the count; a resume keeps "
+                                 "its checkpoint's")
     cudnn_benchmark: bool = _opt(True, "let cuDNN pick the fastest convolution algorithms (CUDA only)")
     eval_batch_size: int = _opt(1000, "images per batch when evaluating and predicting")
     sync_bn: bool = _opt(False, "under torchrun: batch-norm statistics of the whole global batch, "
@@ -282,6 +288,10 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name} must be a positive integer, not {value!r}.")
+        if isinstance(self.cpu_processes, bool) or not isinstance(self.cpu_processes, int) or \
+                self.cpu_processes < 0:
+            raise ConfigError(f"--cpu_processes must be 0 (choose), 1 (threads) or a number of "
+                              f"processes, not {self.cpu_processes!r}.")
         if self.resnet_version not in (1, 2):
             raise ConfigError(f"--resnet_version must be 1 or 2, not {self.resnet_version!r}.")
         if self.dataset not in OFFICIAL_URLS:

@@ -119,6 +119,17 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def reference_config(config):
+    """The configuration of the first network a fresh run builds: config itself where its width
+    is set, else the one ``resolve`` times first (at REFERENCE_WIDTH), or width 1 where no width
+    is chosen (no budget, or a network without a width)."""
+    if config.width_scale != 0:
+        return config
+    if not config.budget_minutes or not applies("width_scale", config.network):
+        return at_width(config, 1.0)
+    return at_width(config, REFERENCE_WIDTH)
+
+
 def resolve_from_checkpoint(config, resume) -> None:
     """A resumed run's width 0 (chosen): the width its checkpoint was trained with."""
     if config.width_scale == 0 and resume is not None:
