@@ -10,6 +10,11 @@ for _path in (ROOT, TESTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+# Step times remembered by one test (or by the user's own runs) must not stand in for the timing
+# another test checks: nothing is remembered unless a test names a file of its own
+# (tests/training/test_timing_cache.py). Set before cli_tools copies the environment.
+os.environ["RESNET_CIFAR_TIMINGS"] = "off"
+
 
 # Opt-in tests: marker -> (the environment variable that runs them, why they are skipped otherwise).
 # `slow`: test_training.py (torch.compile); `fuzz_more`: test_fuzz.py, many more mutated files.

@@ -135,11 +135,11 @@ FOUND = cores.Cores(2, (0, 1), "the cores this process may run on")
 
 
 def fake_timings(monkeypatch, threads_seconds, processes_seconds, calls):
-    def threads(config, count):
+    def threads(config, count, cache):
         calls.append(("threads", count, config.width_scale))
         return "bf16", threads_seconds, None
 
-    def processes(config, found):
+    def processes(config, found, cache):
         calls.append(("processes", found.count, config.amp, config.cpu_processes))
         return processes_seconds
     monkeypatch.setattr(choice, "time_threads", threads)

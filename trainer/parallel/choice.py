@@ -16,7 +16,6 @@ resume bit for bit).
 """
 import json
 import os
-import statistics
 import sys
 import tempfile
 from typing import NamedTuple, Optional
@@ -27,8 +26,7 @@ import Model
 from configure import Config
 from trainer.parallel import cores as machine_cores
 from trainer.parallel import launch, probe
-from trainer.training import precision, sizing
-from trainer.training.step_timing import timing
+from trainer.training import precision, sizing, timing_cache
 
 # Processes are kept only when a step takes at most 1/1.1 of the threads' time: they start an
 # interpreter each and hold the data once each, which a near tie does not pay for.
@@ -54,24 +52,27 @@ def pick(threads_seconds: float, processes_seconds: Optional[float]) -> bool:
         processes_seconds * PROCESSES_MARGIN <= threads_seconds
 
 
-def time_threads(config: Config, count: int) -> tuple:
+def time_threads(config: Config, count: int, cache) -> tuple:
     """(resolved --amp or None, seconds per image, precision.Choice or None) of the run's step as
     one process of ``count`` threads; --amp auto is settled here, on the same network
-    (precision.choose)."""
+    (precision.choose). ``cache``: the timing_cache.TimingCache asked first."""
     torch.set_num_threads(count)
     model = Model.MyModel(config, log=lambda *a: None)
     images, labels = probe.random_batch(config, precision.TIMED_STEPS, 1)
     if config.amp == "auto":
-        choice = precision.choose(model, images, labels)
+        choice = precision.choose(model, images, labels, cache=cache)
         return choice.amp, choice.seconds / config.batch_size, choice
-    with timing(model, images, labels) as timer:
-        seconds = statistics.median(timer.steps(probe.TIMED_STEPS))
-        return None, seconds / timer.images_per_step, None
+    return None, sizing.seconds_per_image(model, images, labels, cache=cache), None
 
 
-def time_processes(config: Config, found: machine_cores.Cores) -> Optional[float]:
-    """Seconds per image of the run's step as ``found.count`` processes (trainer.parallel.probe),
-    or None where they failed (said on the standard error by the processes themselves)."""
+def time_processes(config: Config, found: machine_cores.Cores, cache) -> Optional[float]:
+    """Seconds per image of the run's step as ``found.count`` processes (trainer.parallel.probe,
+    which remembers it in ``cache``'s file), or None where they failed (said on the standard
+    error by the processes themselves)."""
+    remembered = cache.get(timing_cache.key(config, torch.device("cpu"), found.count, 1))
+    if remembered:
+        cache.hits += 1
+        return remembered
     with tempfile.TemporaryDirectory(prefix="resnet-cifar-probe-") as folder:
         config_path, out_path = os.path.join(folder, "config.json"), os.path.join(folder, "out")
         with open(config_path, "w") as f:
@@ -102,19 +103,20 @@ def decide(config: Config, found: machine_cores.Cores, log=print) -> Decision:
             f"among {count} processes")
         return decision
     reference = sizing.reference_config(config)
-    amp, threads_seconds, choice = time_threads(reference, count)
+    cache = timing_cache.TimingCache(log=log)
+    amp, threads_seconds, choice = time_threads(reference, count, cache)
     if choice is not None:
-        log(precision.describe(choice))
+        log(precision.describe(choice) + (cache.said() if choice.remembered else ""))
     timed = Config.from_dict(reference.to_dict())
     timed.amp = amp or reference.amp
     timed.cpu_processes = count
-    processes_seconds = time_processes(timed, found)
+    processes_seconds = time_processes(timed, found, cache)
     if processes_seconds is None:
         log(f"warning: {count} processes could not be timed (see above); training as threads")
     processes = count if pick(threads_seconds, processes_seconds) else 1
     decision = Decision(processes, 1 if processes > 1 else count, found.ids, amp,
                         threads_seconds, processes_seconds)
-    log(describe(decision, found))
+    log(describe(decision, found) + cache.said())
     return decision
 
 

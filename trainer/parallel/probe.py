@@ -16,6 +16,7 @@ import torch
 import Model
 from configure import Config
 from trainer.parallel import distributed
+from trainer.training import timing_cache
 from trainer.training.step_timing import timing
 
 TIMED_STEPS = 3
@@ -31,12 +32,16 @@ def random_batch(config: Config, steps: int, world_size: int):
 
 
 def seconds_per_image(config: Config, context, steps: int = TIMED_STEPS) -> float:
-    """The median seconds per image of the global batch of ``steps`` of the run's steps."""
+    """The median seconds per image of the global batch of ``steps`` of the run's steps, which
+    rank 0 remembers (timing_cache)."""
     model = Model.MyModel(config, log=lambda *a: None, context=context)
     images, labels = random_batch(config, steps, context.world_size)
     images, labels = images.to(model.device), labels.to(model.device)
     with timing(model, images, labels) as timer:
-        return statistics.median(timer.steps(steps)) / timer.images_per_step
+        seconds = statistics.median(timer.steps(steps)) / timer.images_per_step
+    timing_cache.TimingCache(log=lambda line: print(line, file=sys.stderr)).remember(model,
+                                                                                     seconds)
+    return seconds
 
 
 def main(argv) -> int:

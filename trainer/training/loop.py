@@ -29,7 +29,7 @@ from trainer.run import state
 from trainer.run.checkpoints import CheckpointError, list_checkpoints
 from trainer.run.folder import RunFolder
 from trainer.training import (budget, precision, schedules, steps, stop_requests,
-                              whitening)
+                              timing_cache, whitening)
 from trainer.training.batches import batch_slices, epoch_plan, global_batch_sizes
 
 
@@ -107,7 +107,8 @@ def prepare_run(model, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.nda
     images = to_image_tensor(x_train).to(rt.device)  # (N, 3, 32, 32) uint8, once
     labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(rt.device)
     if fresh and cfg.amp == "auto" and rt.device.type == "cpu":
-        precision.settle(model, images, labels)  # before the budget, which times steps in it
+        # before the budget, which times steps in it
+        precision.settle(model, images, labels, cache=timing_cache.TimingCache(log=model.log))
     if not (cfg.budget_minutes and fresh):
         return RunSetup(images, labels)
     base = copy.copy(cfg)

@@ -12,6 +12,7 @@ import time
 from typing import NamedTuple
 
 from trainer.training import runtime
+from trainer.training.batches import global_batch_sizes
 from trainer.training.step_timing import StepTimer
 
 # bf16 is kept only when its median step takes at most 1/1.15 of fp32's: a near tie would
@@ -21,10 +22,12 @@ TIMED_STEPS = 3  # timed steps per precision, after one warm-up step each
 
 
 class Choice(NamedTuple):
-    """The resolved --amp ("bf16" or "off") and the median seconds of one step in each."""
+    """The resolved --amp ("bf16" or "off") and the median seconds of one step in each, and
+    whether they were remembered (timing_cache) rather than timed now."""
     amp: str
     bf16_seconds: float
     fp32_seconds: float
+    remembered: bool = False
 
     @property
     def seconds(self) -> float:
@@ -37,13 +40,28 @@ def pick(bf16_seconds: float, fp32_seconds: float) -> str:
     return "bf16" if bf16_seconds * BF16_MARGIN <= fp32_seconds else "off"
 
 
-def choose(model, images, labels, steps: int = TIMED_STEPS, clock=time.perf_counter) -> Choice:
+def choose(model, images, labels, steps: int = TIMED_STEPS, clock=time.perf_counter,
+           cache=None) -> Choice:
     """Time ``steps`` of model's training steps in fp32 and in bf16 autocast, interleaved, after
     one warm-up step each, on its training ``images`` ((N, 3, 32, 32) uint8 on the device) and
     ``labels``; return the Choice. The model is left as it was, its --amp included. Under
     torchrun each time is the slowest rank's, so every rank chooses alike. ``clock``: seconds,
-    read before and after each step (tests give fake ones)."""
+    read before and after each step (tests give fake ones). With a ``cache``
+    (timing_cache.TimingCache), times it remembers for both precisions are taken instead, and
+    new ones are remembered."""
     amp_before = model.config.amp
+    per_step = global_batch_sizes(len(labels), model.config.batch_size, model.dist.world_size)[0]
+    if cache is not None:
+        remembered = {}
+        try:
+            for amp in ("bf16", "off"):
+                set_amp(model, amp)
+                remembered[amp] = cache.lookup(model)
+        finally:
+            set_amp(model, amp_before)
+        if all(remembered.values()):
+            bf16, fp32 = remembered["bf16"] * per_step, remembered["off"] * per_step
+            return Choice(pick(bf16, fp32), bf16, fp32, remembered=True)
     seconds = {"off": [], "bf16": []}
     try:
         with StepTimer(model, images, labels, clock) as timer:
@@ -57,6 +75,13 @@ def choose(model, images, labels, steps: int = TIMED_STEPS, clock=time.perf_coun
     finally:
         set_amp(model, amp_before)
     bf16_median, fp32_median = statistics.median(seconds["bf16"]), statistics.median(seconds["off"])
+    if cache is not None:
+        try:
+            for amp, median in (("bf16", bf16_median), ("off", fp32_median)):
+                set_amp(model, amp)
+                cache.remember(model, median / per_step)
+        finally:
+            set_amp(model, amp_before)
     return Choice(pick(bf16_median, fp32_median), bf16_median, fp32_median)
 
 
@@ -69,12 +94,12 @@ def set_amp(model, amp: str) -> None:
     model.amp_dtype = model.runtime.amp_dtype
 
 
-def settle(model, images, labels, clock=time.perf_counter) -> Choice:
+def settle(model, images, labels, clock=time.perf_counter, cache=None) -> Choice:
     """--amp auto on a CPU, at a fresh run's start: keep the faster precision of ``choose`` and
     log it with the flag that pins it; return the Choice."""
-    choice = choose(model, images, labels, clock=clock)
+    choice = choose(model, images, labels, clock=clock, cache=cache)
     set_amp(model, choice.amp)
-    model.log(describe(choice))
+    model.log(describe(choice) + (cache.said() if choice.remembered else ""))
     return choice
 
 

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from configure import applies
 from trainer.run import state
-from trainer.training import precision, runtime
+from trainer.training import precision, runtime, timing_cache
 from trainer.training.batches import global_batch_sizes
 from trainer.training.step_timing import timing
 
@@ -63,12 +63,19 @@ def macs(config, width: float) -> float:
 
 
 def seconds_per_image(model, images: torch.Tensor, labels: torch.Tensor,
-                      steps: int = TIMED_STEPS) -> float:
+                      steps: int = TIMED_STEPS, cache=None) -> float:
     """Median seconds per image of ``steps`` of model's own training steps, after one that warms
     up (step_timing: the model is left as it was); under torchrun the slowest rank's, per image of
-    the global batch."""
+    the global batch. With a ``cache`` (timing_cache.TimingCache), a remembered time is taken
+    as it is, and a new one is remembered."""
+    remembered = None if cache is None else cache.lookup(model)
+    if remembered:
+        return remembered
     with timing(model, images, labels) as timer:
-        return statistics.median(timer.steps(steps)) / timer.images_per_step
+        seconds = statistics.median(timer.steps(steps)) / timer.images_per_step
+    if cache is not None:
+        cache.remember(model, seconds)
+    return seconds
 
 
 def pick(epoch_seconds, seconds: float, epochs: float = TARGET_EPOCHS) -> float:
@@ -151,25 +158,27 @@ def resolve(config, build, images: torch.Tensor, labels: torch.Tensor, valid_ima
         config.width_scale = 1.0
         return
     measured = {}
+    cache = timing_cache.TimingCache(log=log)
     reference = build(at_width(config, REFERENCE_WIDTH))
     if config.amp == "auto" and reference.runtime.device.type == "cpu":
-        choice = precision.settle(reference, images, labels)
+        choice = precision.settle(reference, images, labels, cache=cache)
         config.amp = choice.amp
         per_step = global_batch_sizes(len(labels), config.batch_size,
                                       reference.dist.world_size)[0]
         measured[REFERENCE_WIDTH] = choice.seconds / per_step
     else:
-        measured[REFERENCE_WIDTH] = seconds_per_image(reference, images, labels)
+        measured[REFERENCE_WIDTH] = seconds_per_image(reference, images, labels, cache=cache)
     del reference
     release(images.device)
 
     def timer(width):
         model = build(at_width(config, width))
         try:
-            return seconds_per_image(model, images, labels)
+            return seconds_per_image(model, images, labels, cache=cache)
         finally:
             del model
             release(images.device)
 
     seconds = config.budget_minutes * 60 - (time.monotonic() - started)
-    config.width_scale = choose(config, len(labels), valid_images, seconds, timer, log, measured)
+    config.width_scale = choose(config, len(labels), valid_images, seconds, timer,
+                                lambda line: log(line + cache.said()), measured)
