@@ -27,7 +27,7 @@ sys.path[:0] = [os.path.dirname(HERE), HERE]
 from Model import MyModel  # noqa: E402
 from configure import Config  # noqa: E402
 from throughput import cpu_name  # noqa: E402
-from trainer.parallel.probe import random_batch  # noqa: E402
+from trainer.app.probe import random_batch  # noqa: E402
 from trainer.training.step_timing import StepTimer  # noqa: E402
 
 EPOCH_IMAGES = 50_000

@@ -1,6 +1,6 @@
 """Every core of a CPU: how many a run may use (trainer.parallel.cores), the processes
 ``--cpu_processes N`` starts (trainer.parallel.launch), and the choice between threads and processes
-(trainer.parallel.choice)."""
+(trainer.app.parallelism)."""
 import json
 import os
 import signal
@@ -13,7 +13,8 @@ import pytest
 from cifar_files import write_cifar
 from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
 from configure import Config
-from trainer.parallel import choice, cores, launch
+from trainer.app import parallelism as choice
+from trainer.parallel import cores, launch
 
 TIMEOUT = 240
 FLAGS = [*TINY, "--split_index", "32", "--quiet", "--save_interval", "1"]

@@ -4,7 +4,7 @@ as many of them as a container's CPU quota pays for (cgroup v2 ``cpu.max``, v1
 
 torch's own default counts only the first of these: under a quota of 2 CPUs on a 16-core machine
 it starts 16 threads, which then wait on each other. ``usable()`` counts all three, and the
-training run uses that many cores, as threads or as processes (trainer.parallel.choice).
+training run uses that many cores, as threads or as processes (trainer.app.parallelism).
 """
 import math
 import os

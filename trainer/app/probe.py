@@ -1,5 +1,5 @@
 """A worker of trainer.parallel.launch that times the run's own training step on this many
-processes, for trainer.parallel.choice: ``python -m trainer.parallel.probe CONFIG OUT``.
+processes, for trainer.app.parallelism: ``python -m trainer.app.probe CONFIG OUT``.
 
 CONFIG is a JSON file of the run's configuration; each worker builds the model the run would
 build (Model.MyModel under this process group: DistributedDataParallel, its share of the batch),

@@ -25,13 +25,14 @@ import torch
 import Model
 from configure import Config
 from trainer.parallel import cores as machine_cores
-from trainer.parallel import launch, probe
+from trainer.app import probe
+from trainer.parallel import launch
 from trainer.training import precision, sizing, timing_cache
 
 # Processes are kept only when a step takes at most 1/1.1 of the threads' time: they start an
 # interpreter each and hold the data once each, which a near tie does not pay for.
 PROCESSES_MARGIN = 1.1
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 class Decision(NamedTuple):
@@ -66,7 +67,7 @@ def time_threads(config: Config, count: int, cache) -> tuple:
 
 
 def time_processes(config: Config, found: machine_cores.Cores, cache) -> Optional[float]:
-    """Seconds per image of the run's step as ``found.count`` processes (trainer.parallel.probe,
+    """Seconds per image of the run's step as ``found.count`` processes (trainer.app.probe,
     which remembers it in ``cache``'s file), or None where they failed (said on the standard
     error by the processes themselves)."""
     remembered = cache.get(timing_cache.key(config, torch.device("cpu"), found.count, 1))
@@ -77,7 +78,7 @@ def time_processes(config: Config, found: machine_cores.Cores, cache) -> Optiona
         config_path, out_path = os.path.join(folder, "config.json"), os.path.join(folder, "out")
         with open(config_path, "w") as f:
             json.dump(config.to_dict(), f)
-        command = [sys.executable, "-m", "trainer.parallel.probe", config_path, out_path]
+        command = [sys.executable, "-m", "trainer.app.probe", config_path, out_path]
         status = launch.run(command, found.count, found.ids,
                             environ={"PYTHONPATH": os.pathsep.join(
                                 p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)})
