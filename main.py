@@ -38,7 +38,7 @@ import Model
 from configure import Config, ConfigError
 from trainer.app import evaluate, plot, predict, sweep, train
 from trainer.app.console import USER_ERRORS, announce
-from trainer.parallel import distributed
+from trainer.parallel import cores, distributed, launch
 from trainer.run import checkpoints
 
 if __name__ == "__main__":
@@ -48,6 +48,7 @@ OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 # Flags that mean something in one mode only; given in another they are refused, not ignored.
 MODE_FLAGS = {"resume": ("train", "sweep"), "overwrite": ("train", "sweep"), "sweep": ("sweep",),
+              "test": ("train",),
               "checkpoints": ("test",), "eval_set": ("test",), "json": ("test",),
               "checkpoint": ("predict",), "private_data": ("predict",), "output": ("predict",)}
 # Configuration fields of the same kind: they always have a value, so only one given is refused.
@@ -57,7 +58,7 @@ MODE_FIELDS = {"tta": ("test", "predict"), "tensorboard": ("train", "sweep")}
 # tests/test_docs.py keeps empty.
 HELP_SECTIONS = {
     "runs: what to do, and where (README.md, docs/model-folder.md, docs/experiments.md)":
-        ("mode", "sweep", "resume", "overwrite", "modeldir"),
+        ("mode", "sweep", "resume", "overwrite", "test", "modeldir"),
     "data (docs/data.md)":
         ("dataset", "label_mode", "data_dir", "download", "download_url", "split_index",
          "train_all", "normalize"),
@@ -78,8 +79,8 @@ HELP_SECTIONS = {
         ("checkpoints", "eval_set", "json", "checkpoint", "private_data", "output", "tta",
          "eval_batch_size", "quiet", "tensorboard"),
     "hardware (docs/hardware.md, docs/torchrun.md)":
-        ("device", "channels_last", "amp", "compile", "cudnn_benchmark", "sync_bn",
-         "dist_timeout"),
+        ("device", "cpu_processes", "channels_last", "amp", "compile", "cudnn_benchmark",
+         "sync_bn", "dist_timeout"),
 }
 OTHER_SECTION = "other flags"
 
@@ -145,6 +146,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         help="train: delete the checkpoints of an earlier run in modeldir and start anew (without "
              "it such a folder is refused); plot with several --modeldir: replace an existing "
              "compare.png and compare.csv")
+    add("test", action="store_true", default=None,
+        help="train: then test the run's newest checkpoint on the test set, as --mode test "
+             "would, and write the report to <modeldir>/test_report.json")
     add("checkpoints", type=_checkpoint_value, nargs="+", metavar="N",
         help="test: checkpoint numbers to evaluate, or best (default: the newest)")
     add("json", metavar="PATH",
@@ -214,9 +218,20 @@ def run_train(config: Config, args) -> int:
         raise ConfigError("--overwrite with --resume alone has nothing to overwrite: give --resume "
                           "N --overwrite to train again from checkpoint N, dropping the later "
                           "ones, or drop --overwrite.")
-    announce(config, writes_record=True)
-    train.train_run(config, args.resume, bool(args.overwrite), started=STARTED,
-                    context=args.context)
+    test = None
+    if args.test:  # before anything settles values in config
+        config, test = evaluate.plan_test(config, args.explicit)
+    started = launch.started_at(STARTED)  # a worker's run counts from its launcher's start
+    if not launch.launched():  # the launcher said it
+        announce(config, writes_record=True)
+    for key, value in launch.decided().items():  # what the launcher settled: the run's, not
+        setattr(config, key, value)              # the user's (the test's config is the user's)
+    workers = train.use_cores(config, args.resume, bool(args.overwrite), args.context)
+    if workers:  # --cpu_processes N: this command again in N processes, which train
+        return launch.run([sys.executable, os.path.abspath(__file__), *args.argv],
+                          workers.count, workers.cores, started, decided=workers.decided)
+    train.train_run(config, args.resume, bool(args.overwrite), started=started,
+                    context=args.context, test=test)
     return 0
 
 
@@ -264,6 +279,11 @@ def _check_mode_flags(args) -> None:
         given = name in args.explicit if name in MODE_FIELDS else getattr(args, name) is not None
         if name == "overwrite" and comparing:
             continue  # it replaces compare.png and compare.csv
+        if name == "tta" and args.mode == "train":
+            if given and not args.test:
+                raise ConfigError("--tta applies to --mode test or predict, or to the test of "
+                                  "--mode train --test; drop it or pass --test.")
+            continue
         if given and args.mode not in modes:
             raise ConfigError(f"--{name} applies to --mode {' or '.join(modes)} only; drop it or "
                               f"use --mode {modes[0]}.")
@@ -284,7 +304,8 @@ def _check_mode_flags(args) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.explicit = explicit_flags(sys.argv[1:] if argv is None else argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.explicit = explicit_flags(args.argv)
     args.modeldirs = _modeldirs(args)
     config = config_from_args(args)
 
@@ -303,6 +324,8 @@ def main(argv=None) -> int:
         if args.mode != "sweep":  # a sweep configures and checks each of its runs itself
             config.validate(world_size=context.world_size if args.mode == "train" else 1)
         device = Model.select_device(config.device)  # fail before any download or data loading
+        if device.type == "cpu" and not context.distributed:  # a quota counts too (cores.py)
+            torch.set_num_threads(cores.usable().count)
         args.context = distributed.start(context, device, config.dist_timeout)
         modes = {"train": run_train, "test": run_test, "predict": run_predict, "plot": run_plot,
                  "sweep": run_sweep}

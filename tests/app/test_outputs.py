@@ -273,6 +273,7 @@ ONE_MODE_FLAGS = {
     "--sweep": (["learning_rate", "0.1"], ("sweep",)),
     "--resume": ([], ("train", "sweep")),
     "--overwrite": ([], ("train", "sweep")),
+    "--test": ([], ("train",)),
     "--tta": (["flip"], ("test", "predict")),
     "--tensorboard": (["tb"], ("train", "sweep")),
 }

@@ -122,6 +122,19 @@ def test_a_failing_worker_stops_the_others(tmp_path):
     assert time.monotonic() - started < 30  # not the sleeper's 60 s
 
 
+def test_what_the_launcher_decided_reaches_the_workers_beside_the_command_line(tmp_path):
+    code = ("import json, os, sys; from trainer.parallel import launch; "
+            "json.dump([launch.decided(), sys.argv[1:]], open(os.path.join(sys.argv[1], "
+            "'out' + os.environ['RANK']), 'w'))")
+    status = launch.run([sys.executable, "-c", code, str(tmp_path)], 2,
+                        environ={"PYTHONPATH": ROOT}, decided={"amp": "bf16", "cpu_processes": 2})
+    assert status == 0
+    for rank in range(2):
+        assert json.loads((tmp_path / f"out{rank}").read_text()) == \
+            [{"amp": "bf16", "cpu_processes": 2}, [str(tmp_path)]]
+    assert launch.decided({}) == {}
+
+
 def test_the_workers_count_the_budget_from_the_launchers_start():
     env = launch.worker_environment(1, 2, 1234, started=12.5, environ={})
     assert launch.launched(env) and not launch.launched({})

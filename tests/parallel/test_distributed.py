@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from trainer.run import checkpoints
 from trainer.parallel import distributed
-from trainer.reports import plots
+from trainer.reports import compare, plots
 from cifar_files import make_batch, write_cifar
 from cli_tools import ENV, MAIN, ROOT, TINY, assert_same_training_state, load, run_main
 from configure import Config
@@ -257,6 +257,24 @@ def test_three_processes_test_and_predict_whatever_the_training_batch(two_proces
                  nproc=3)
     assert r.returncode == 0, r.stderr
     assert np.load(output).shape == (5, 10)
+
+
+def test_two_processes_train_then_test_together_and_rank_0_writes(cifar, tmp_path):
+    modeldir = str(tmp_path / "t")
+    # --dist_timeout: a rank left out of the collective test fails in seconds, not minutes.
+    both = torchrun(["--mode", "train", "--data_dir", cifar, "--modeldir", modeldir, *FLAGS,
+                     "--max_epoch", "2", "--test", "--dist_timeout", "30"])
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert both.stdout.count("confusion matrix") == 1, both.stdout  # one report, from rank 0
+    assert both.stdout.count(checkpoints.TEST_REPORT) == 1, both.stdout
+    single = run_main(["--mode", "test", "--data_dir", cifar, "--modeldir", modeldir,
+                       "--device", "cpu", "--quiet"])
+    assert single.returncode == 0, single.stderr
+    written = f"wrote {os.path.join(modeldir, checkpoints.TEST_REPORT)}"
+    report = both.stdout[:both.stdout.index(written)]  # the lines after it are no matrix's
+    assert _confusion(report) == _confusion(single.stdout)  # all 1001 images, in order
+    assert compare.find_test_accuracy(modeldir)[1:] == ("model-2.ckpt", checkpoints.TEST_REPORT)
+    assert not [name for name in os.listdir(modeldir) if name.endswith(".part")]
 
 
 def _one_step(cifar, modeldir, nproc, *extra):

@@ -1,12 +1,16 @@
 """--mode test: evaluate checkpoints on the test set or on the validation split they were trained
-beside, print the report and write it as JSON on request."""
+beside, print the report and write it as JSON on request; and the test of --mode train --test,
+the same evaluation of the run's newest checkpoint once it has trained."""
+import copy
+import dataclasses
 import os
+import time
 
 import DataReader
 import Model
-from configure import Config, ConfigError
+from configure import ARCHITECTURE_KEYS, Config, ConfigError
 from trainer.app import checkpoint_config, dataset
-from trainer.app.console import USER_ERRORS, CommandError, announce
+from trainer.app.console import USER_ERRORS, CommandError, announce, reference_values
 from trainer.app.outputs import check_output
 from trainer.parallel import distributed
 from trainer.reports import reports
@@ -58,12 +62,25 @@ def checkpoint_digests(paths) -> dict:
     return digests
 
 
+def check_test_set(config: Config, y_test, instead: str) -> None:
+    """CommandError, one sentence ending with what to do ``instead``, when the test set of
+    config's data set holds no images."""
+    if len(y_test) == 0:
+        test_file = DataReader.DATASETS[config.dataset].test
+        raise CommandError(f"the test set in {config.data_dir} ({test_file}) holds no images; put "
+                           f"the official {test_file} there, or {instead}.")
+
+
 def evaluate_run(config: Config, numbers, eval_set, json_path, explicit,
-             context: distributed.Context = distributed.SINGLE) -> None:
+                 context: distributed.Context = distributed.SINGLE, test_set=None,
+                 report_path: str = None) -> dict:
     """Evaluate checkpoints ``numbers`` (default: the newest) on ``eval_set`` ("test", the default,
-    or "valid"), print the report and, with ``json_path``, write it there. ``explicit``: the
-    configuration flags the command line gave. Under torchrun every rank runs this; rank 0 alone
-    prints and writes."""
+    or "valid"), print the report and, with ``json_path``, write it there; return it.
+    ``explicit``: the configuration flags the command line gave. ``test_set``: (x_test, y_test)
+    already read from config's data set (--mode train --test), for eval_set "test" only; else the
+    data set is read here. ``report_path``: the run's own report file (checkpoints.TEST_REPORT),
+    written like --json but not checked as a path the user gave is. Under torchrun every rank
+    runs this; rank 0 alone prints and writes."""
     # Under torchrun every rank checks; a refusal stops them all and rank 0 alone says it.
     with distributed.all_or_none(ConfigError, *USER_ERRORS):
         # each number once, in the order given
@@ -78,21 +95,64 @@ def evaluate_run(config: Config, numbers, eval_set, json_path, explicit,
         announce(config, trained_with=trained)
         model = Model.MyModel(config, context=context)
         names = DataReader.class_names(config.data_dir, config.dataset, config.label_mode)
-        x_train, y_train, x_test, y_test = dataset.load(config)
         set_name = eval_set or "test"
+        if test_set is not None and set_name == "test":
+            x_test, y_test = test_set
+        else:
+            x_train, y_train, x_test, y_test = dataset.load(config)
         if set_name == "valid":
             x_test, y_test = validation_split(model, numbers, x_train, y_train)
         # The validation split never is empty: split_index leaves images on each side.
-        if len(y_test) == 0:
-            test_file = DataReader.DATASETS[config.dataset].test
-            raise CommandError(f"the test set in {config.data_dir} ({test_file}) holds no images; "
-                               f"put the official {test_file} there, or use --eval_set valid.")
+        check_test_set(config, y_test, "use --eval_set valid")
         # Read before the checkpoints are: a file that changes while it is tested then no
         # longer matches its digest, so the report is not taken for the run's (compare.py).
-        digests = checkpoint_digests(sources) if json_path and context.is_main else None
+        digests = checkpoint_digests(sources) if (json_path or report_path) and context.is_main \
+            else None
     results = model.evaluate_checkpoints(x_test, y_test, numbers)
     report = reports.build(results, y_test, names, config.num_classes, set_name, digests)
     print(reports.format_text(report))
-    if json_path and context.is_main:
-        reports.write_json(report, json_path)
-        print(f"wrote {json_path}")
+    for path, flag in ((json_path, "--json"), (report_path, "--modeldir")):
+        if path and context.is_main:
+            reports.write_json(report, path, flag)
+            print(f"wrote {path}")
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class TestAfterTraining:
+    """What --mode train --test tests with: the configuration --mode test takes from the same
+    command line, and the flags it gave, the network's left out (the network is the run's own,
+    and a flag training resolves, --width_scale 0, would disagree with its checkpoint)."""
+    config: Config
+    explicit: frozenset
+
+
+def plan_test(config: Config, explicit) -> tuple:
+    """--mode train --test: (the configuration to train with, TestAfterTraining). The test's is
+    a copy taken before training settles --amp auto, a width or a budget's epochs in its own; a
+    --tta given is the test's, while the training run keeps its recipe's, which its checkpoints
+    store as the default of later tests."""
+    test = TestAfterTraining(copy.copy(config), frozenset(explicit) - set(ARCHITECTURE_KEYS))
+    if "tta" not in explicit:
+        return config, test
+    train_config = copy.copy(config)  # copy keeps what apply_recipe set (Config.from_recipe)
+    train_config.tta = reference_values(config)["tta"]
+    return train_config, test
+
+
+def test_trained_run(test: TestAfterTraining, test_set,
+                     context: distributed.Context = distributed.SINGLE) -> dict:
+    """The test of --mode train --test, once the run has trained: its newest checkpoint on the
+    test set, exactly as --mode test --modeldir would test it (the same report; the test-time
+    augmentation the checkpoint stores unless --tta was given), on ``test_set`` (x_test, y_test)
+    that the run read already, and the report written to <modeldir>/test_report.json. Its wall
+    time and accuracy close the output. Under torchrun every rank takes part; rank 0 alone prints
+    and writes. Return the report."""
+    began = time.monotonic()
+    path = os.path.join(test.config.modeldir, checkpoints.TEST_REPORT)
+    report = evaluate_run(test.config, None, "test", None, test.explicit, context,
+                          test_set=test_set, report_path=path)
+    tested = report["checkpoints"][0]
+    print(f"tested {tested['checkpoint']}: {100 * tested['accuracy']:.2f}% of {tested['images']} "
+          f"test images in {time.monotonic() - began:.1f} s")
+    return report

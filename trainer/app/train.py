@@ -5,6 +5,7 @@ import copy
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -12,13 +13,14 @@ import torch
 import DataReader
 import Model
 from configure import Config, ConfigError
-from trainer.app import dataset
+from trainer.app import dataset, evaluate
 from trainer.app.console import USER_ERRORS, announce
 from trainer.evaluation.evaluate import to_image_tensor
-from trainer.parallel import distributed
+from trainer.app import parallelism
+from trainer.parallel import cores, distributed
 from trainer.reports import plots
 from trainer.reports import tensorboard_log
-from trainer.run import checkpoints
+from trainer.run import checkpoints, state
 from trainer.training import runtime, sizing
 
 
@@ -56,16 +58,57 @@ def choose_width(config: Config, x_train, y_train, x_valid, started: float,
                    log=print if context.is_main else (lambda *a: None))
 
 
+class Workers(NamedTuple):
+    """The processes a training command starts (trainer.parallel.launch), the cores they are
+    pinned to, and the configuration values decided here that each of them takes
+    (trainer.parallel.launch.decided)."""
+    count: int
+    cores: tuple
+    decided: dict
+
+
+def use_cores(config: Config, resume, overwrite: bool,
+              context: distributed.Context) -> "Workers | None":
+    """How a training command uses the CPU (trainer.app.parallelism): None when this process
+    trains (with a thread per usable core), or the Workers to start instead. config records the
+    count (--cpu_processes) and, where it was settled here, the precision (--amp). A resumed run
+    keeps its checkpoint's count; under torchrun the count is torchrun's."""
+    if context.distributed:
+        config.cpu_processes = context.world_size
+        return None
+    if runtime.select_device(config.device).type != "cpu":
+        config.cpu_processes = 1
+        return None
+    if config.cpu_processes == 0 and resume is not None and os.path.isdir(config.modeldir):
+        _, ckpt = state.resume_source(config.modeldir, resume, lambda *a: None)
+        config.cpu_processes = int(ckpt["config"].get("cpu_processes") or 1)
+    if config.cpu_processes == 0:  # refused at once, not after the timing
+        check_modeldir(config, resume, overwrite)
+    decision = parallelism.decide(config, cores.usable())
+    if decision.amp is not None:
+        config.amp = decision.amp
+    if decision.processes == 1:
+        torch.set_num_threads(decision.threads)
+        config.cpu_processes = 1
+        return None
+    decided = {"cpu_processes": decision.processes}
+    if decision.amp is not None:
+        decided["amp"] = decision.amp
+    return Workers(decision.processes, decision.cores, decided)
+
+
 def network_name(config: Config) -> str:
     return Model.describe(config.to_dict())
 
 
 def train_run(config: Config, resume=None, overwrite: bool = False, started: float = None,
-              context: distributed.Context = distributed.SINGLE) -> list:
+              context: distributed.Context = distributed.SINGLE,
+              test: evaluate.TestAfterTraining = None) -> list:
     """One training run as the command line makes it (lock, checks, data, training, curves);
     return its metrics, one dict per epoch. A --budget_minutes counts from ``started``
-    (time.monotonic(); default: now). Under torchrun every rank runs this; rank 0 alone takes
-    the lock and writes files."""
+    (time.monotonic(); default: now). With ``test`` (--test), the newest checkpoint is then
+    tested (evaluate.test_trained_run), even when there was nothing left to train. Under torchrun
+    every rank runs this; rank 0 alone takes the lock and writes files."""
     started = time.monotonic() if started is None else started
     main_rank = context.is_main
     with contextlib.ExitStack() as held:
@@ -89,7 +132,9 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
             if context.local_rank == 0:  # one download per machine, which the others wait for
                 dataset.ensure_data(config)
         with distributed.all_or_none(ConfigError, *USER_ERRORS):
-            x_train, y_train, _, _ = dataset.load(config)
+            x_train, y_train, x_test, y_test = dataset.load(config)
+            if test is not None:  # refused now rather than after the training
+                evaluate.check_test_set(config, y_test, "drop --test")
             x_valid = y_valid = None
             if not config.train_all:
                 x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
@@ -110,6 +155,8 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
             model.epoch_callbacks.append(tensorboard_log.EpochLogger(config.tensorboard, held))
         history = model.train(x_train, y_train, x_valid, y_valid, resume=resume,
                               overwrite=overwrite)
+        if test is not None:  # while the lock keeps other runs out of the folder it writes in
+            evaluate.test_trained_run(test, (x_test, y_test), context)
     # A bonus: without matplotlib, no curves.png; nothing trained, nothing redrawn.
     if main_rank and model.epochs_trained and plots.matplotlib_available():
         try:
@@ -121,6 +168,13 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
 
 def sweep_train(run_config: Config, resume, overwrite: bool) -> list:
     """One run of a sweep, as sweep.run calls it: its own configuration printed (recipe and
-    derived values resolved) and the whole --budget_minutes, counted from its own start."""
+    derived values resolved) and the whole --budget_minutes, counted from its own start. The runs
+    of a sweep train in this process, one after another: a thread per usable core."""
+    if run_config.cpu_processes > 1:
+        raise ConfigError(f"--cpu_processes {run_config.cpu_processes}: a sweep trains its runs "
+                          f"in this one process; use --cpu_processes 1 (or 0), or train each run "
+                          f"with --mode train.")
+    run_config.cpu_processes = 1
+    torch.set_num_threads(cores.usable().count)
     announce(run_config, writes_record=True)
     return train_run(run_config, resume, overwrite, started=time.monotonic())

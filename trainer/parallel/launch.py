@@ -10,6 +10,7 @@ first failure's where the first rank succeeded.
 """
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import time
 
 STARTED_ENV = "RESNET_CIFAR_STARTED"  # time.monotonic() when the launching command began
+DECIDED_ENV = "RESNET_CIFAR_DECIDED"  # JSON: configuration values the launcher settled
 GRACE_SECONDS = 30  # after a failure, how long the others have to stop before they are killed
 PR_SET_PDEATHSIG = 1
 
@@ -50,11 +52,14 @@ def _pinned_to(core):
 
 
 def run(command: list, count: int, cores: tuple = (), started: float = None,
-        environ: dict = None, poll_seconds: float = 0.1) -> int:
+        environ: dict = None, decided: dict = None, poll_seconds: float = 0.1) -> int:
     """Run ``command`` as ``count`` workers (worker i pinned to cores[i] where given; ``environ``
-    added to their environment) and wait for all of them; return the exit status (see the
-    module's docstring)."""
+    added to their environment; ``decided``: configuration values for them, see ``decided``) and
+    wait for all of them; return the exit status (see the module's docstring)."""
     started = time.monotonic() if started is None else started
+    environ = dict(environ or {})
+    if decided:
+        environ[DECIDED_ENV] = json.dumps(decided)
     port = free_port()
     workers = []
     forwarding = {}
@@ -104,6 +109,13 @@ def _wait(workers: list, poll_seconds: float) -> int:
     if not failures:
         return 0
     return failures[0] if failures[0] > 0 else 128 - failures[0]
+
+
+def decided(environ=None) -> dict:
+    """The configuration values a worker's launcher settled for it ({} elsewhere): passed aside
+    from the command line, which stays the user's (the flags the user gave mean what they say)."""
+    text = (os.environ if environ is None else environ).get(DECIDED_ENV)
+    return json.loads(text) if text else {}
 
 
 def launched(environ=None) -> bool:

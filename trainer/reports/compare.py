@@ -1,15 +1,15 @@
 """Comparing runs: reading several model folders and labelling each run by what sets it apart.
 
 A run is read from its folder: ``metrics.csv`` (plots.read_metrics), ``config.json`` (the
-``"config"`` entry records.write_config writes) and, where there is one, a test report written by
-``--mode test --json PATH`` into the folder. Each run is labelled by what its user chose that
-differs among the runs compared: its --recipe and --budget_minutes, then the run-defining keys
-(configure.RUN_DEFINING_KEYS, plus max_epoch) where some run holds a value of its own, e.g.
-``activation=swish, l1=1e-05``. A value its recipe set, or that its budget planned, is not the
-user's; where nothing differs the label is the folder's name. The summary of each run is a row
-of ``compare.csv``; its ``train_seconds`` is the sum of metrics.csv's ``seconds``, the time each
-epoch spent training (validation, checkpoints and the start-up not included). Drawing is
-plots.py's job; this module draws nothing.
+``"config"`` entry records.write_config writes) and, where there is one, a test report written
+into the folder by ``--mode test --json PATH`` or by ``--mode train --test`` (test_report.json).
+Each run is labelled by what its user chose that differs among the runs compared: its --recipe
+and --budget_minutes, then the run-defining keys (configure.RUN_DEFINING_KEYS, plus max_epoch)
+where some run holds a value of its own, e.g. ``activation=swish, l1=1e-05``. A value its
+recipe set, or that its budget planned, is not the user's; where nothing differs the label is the
+folder's name. The summary of each run is a row of ``compare.csv``; its ``train_seconds`` is
+the sum of metrics.csv's ``seconds``, the time each epoch spent training (validation, checkpoints
+and the start-up not included). Drawing is plots.py's job; this module draws nothing.
 
 A test report counts for a run only while the checkpoint it tested is in the folder as it was:
 the report records each checkpoint's SHA-256 (reports.file_digest), so a report left from a run

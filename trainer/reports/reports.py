@@ -160,7 +160,8 @@ def _json_safe(value):
     return value
 
 
-def write_json(report: dict, path: str) -> None:
-    """Write the report to path atomically (CheckpointError naming --json if it cannot be)."""
+def write_json(report: dict, path: str, flag: str = "--json") -> None:
+    """Write the report to path atomically (CheckpointError naming ``flag``, the option that
+    chose path, if it cannot be)."""
     text = json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
-    atomic.write_text(path, text, checkpoints.CheckpointError, flag="--json")
+    atomic.write_text(path, text, checkpoints.CheckpointError, flag=flag)

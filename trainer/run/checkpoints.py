@@ -42,7 +42,9 @@ CHECKPOINT_FORMAT = 1
 INTERRUPTED = "interrupted.ckpt"
 BEST = "model-best.ckpt"  # the epoch of the best validation accuracy so far
 LOCK = ".lock"
-RECORDS = ("metrics.csv", "config.json", "curves.png", "weights.png")  # records.py and plots.py write them
+TEST_REPORT = "test_report.json"  # the test report of --mode train --test (app/evaluate.py)
+# records.py, plots.py and --test write them
+RECORDS = ("metrics.csv", "config.json", "curves.png", "weights.png", TEST_REPORT)
 PREDICTIONS = "predictions.npy"  # --mode predict's default output: the folder's model's, not a new one's
 _CKPT_RE = re.compile(r"^model-(\d+)\.ckpt$")
 # Config keys added after checkpoints were first written, with the value those checkpoints meant.
@@ -91,7 +93,7 @@ def run_files(modeldir: str):
 
 def run_records(modeldir: str):
     """Names of the other files a run (or a prediction from it) leaves in modeldir: metrics,
-    config, curves, predictions."""
+    config, curves, the test report of --test, predictions."""
     if not os.path.isdir(modeldir):
         return []
     return sorted(name for name in os.listdir(modeldir) if name in RECORDS + (PREDICTIONS,))
