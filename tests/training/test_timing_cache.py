@@ -17,7 +17,8 @@ def test_the_key_holds_what_times_a_step_and_nothing_else():
     cpu = torch.device("cpu")
     base = timing_cache.key(Config(recipe="speed").apply_recipe(), cpu, 1, 2)
     for untimed in (dict(learning_rate=1.0), dict(seed=3), dict(budget_minutes=7.0),
-                    dict(modeldir="elsewhere"), dict(max_epoch=3), dict(cpu_processes=2)):
+                    dict(modeldir="elsewhere"), dict(max_epoch=3), dict(cpu_processes=2),
+                    dict(device="cpu")):  # "auto" on a CPU, as a launcher's worker names it
         config = Config(recipe="speed").apply_recipe()
         for k, v in untimed.items():
             setattr(config, k, v)

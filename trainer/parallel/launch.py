@@ -71,6 +71,8 @@ def run(command: list, count: int, cores: tuple = (), started: float = None,
 
     for s in (signal.SIGINT, signal.SIGTERM):
         forwarding[s] = signal.signal(s, forward)
+    sys.stdout.flush()  # the launcher's own lines before its workers'
+    sys.stderr.flush()
     try:
         for rank in range(count):
             core = cores[rank] if rank < len(cores) else None

@@ -31,7 +31,8 @@ UNTIMED = {"recipe", "budget_minutes", "dataset", "label_mode", "split_index", "
            "weight_decay", "lr_decay_epochs", "lr_decay_factor", "lr_schedule", "warmup_epochs",
            "final_epoch_share", "max_epoch", "save_interval", "seed", "plan_anchor", "tta",
            "eval_batch_size", "quiet", "tensorboard", "dist_timeout", "cpu_processes",
-           "whiten_bias_share", "lookahead_decay", "normalize", "pretrained_file"}
+           "whiten_bias_share", "lookahead_decay", "normalize", "pretrained_file",
+           "device"}  # named by machine(): "auto", "cpu" and a rank's cuda:N are one device
 
 
 class CacheError(Exception):
