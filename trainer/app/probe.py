@@ -8,7 +8,6 @@ rank's), and rank 0 writes {"seconds_per_image": ...} (per image of the global b
 images are random: a step's time does not depend on what the pixels show.
 """
 import json
-import statistics
 import sys
 
 import torch
@@ -16,8 +15,7 @@ import torch
 import Model
 from configure import Config
 from trainer.parallel import distributed
-from trainer.training import timing_cache
-from trainer.training.step_timing import timing
+from trainer.training import sizing, timing_cache
 
 TIMED_STEPS = 3
 
@@ -33,15 +31,12 @@ def random_batch(config: Config, steps: int, world_size: int):
 
 def seconds_per_image(config: Config, context, steps: int = TIMED_STEPS) -> float:
     """The median seconds per image of the global batch of ``steps`` of the run's steps, which
-    rank 0 remembers (timing_cache)."""
+    rank 0 remembers (sizing.seconds_per_image with a timing_cache)."""
     model = Model.MyModel(config, log=lambda *a: None, context=context)
     images, labels = random_batch(config, steps, context.world_size)
-    images, labels = images.to(model.device), labels.to(model.device)
-    with timing(model, images, labels) as timer:
-        seconds = statistics.median(timer.steps(steps)) / timer.images_per_step
-    timing_cache.TimingCache(log=lambda line: print(line, file=sys.stderr)).remember(model,
-                                                                                     seconds)
-    return seconds
+    cache = timing_cache.TimingCache(log=lambda line: print(line, file=sys.stderr))
+    return sizing.seconds_per_image(model, images.to(model.device), labels.to(model.device),
+                                    steps, cache=cache)
 
 
 def main(argv) -> int:
