@@ -178,6 +178,12 @@ class Config:
                                   "shrink per 1024 examples, batch_size * weight_decay / (1024 * "
                                   "(1 + 1 / (1 - momentum))) of each weight a step at the full "
                                   "schedule, whatever the rate (airbench94: lr 11.5, decay 0.0153)")
+    muon_lr: float = _opt(0.0, "convolution filters take orthogonalized momentum steps (Muon, "
+                               "Jordan et al. 2024) at this rate, on the schedule's shape, their "
+                               "weights held at norm sqrt(out channels) and no weight decay; "
+                               "the rest stays SGD (airbench94_muon: 0.24; 0: off)")
+    muon_momentum: float = _opt(0.6, "the filters' momentum under --muon_lr (Nesterov's with "
+                                     "--nesterov; airbench94_muon: 0.6)")
     lookahead: bool = _opt(False, "lookahead (Zhang et al. 2019, as in airbench94): every "
                                   "lookahead_every steps the slow weights move toward the network "
                                   "and the network is set to them; at the end it takes them")
@@ -307,7 +313,8 @@ class Config:
                               f"not {self.num_classes}.")
         for name in ("learning_rate", "momentum", "weight_decay", "lr_decay_factor", "l1",
                      "warmup_epochs", "label_smoothing", "ema", "budget_minutes", "dist_timeout",
-                     "bias_lr_scale", "lookahead_decay", "whiten_bias_share"):
+                     "bias_lr_scale", "lookahead_decay", "whiten_bias_share", "muon_lr",
+                     "muon_momentum"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"--{name} must be a finite number, not {getattr(self, name)}.")
         if not self.learning_rate > 0:
@@ -348,6 +355,10 @@ class Config:
         if not 0 <= self.whiten_bias_share <= 1:
             raise ConfigError(f"--whiten_bias_share must be in [0, 1], not "
                               f"{self.whiten_bias_share}.")
+        if not self.muon_lr >= 0:
+            raise ConfigError(f"--muon_lr must be zero (off) or positive, not {self.muon_lr}.")
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"--muon_momentum must be in [0, 1), not {self.muon_momentum}.")
         if not 0 <= self.lookahead_decay <= 1:
             raise ConfigError(f"--lookahead_decay must be in [0, 1], not {self.lookahead_decay}.")
         if isinstance(self.translate, bool) or not isinstance(self.translate, int) or \
@@ -452,6 +463,7 @@ RUN_DEFINING_KEYS: List[str] = [
     "lr_decay_factor", "seed", "split_index", "train_all", "pad_mode",
     "lr_schedule", "warmup_epochs", "final_epoch_share", "nesterov", "no_decay_bn_bias", "label_smoothing", "ema",
     "sync_bn", "bias_lr_scale", "decoupled", "lookahead", "lookahead_decay", "lookahead_every",
+    "muon_lr", "muon_momentum",
     "translate", "flip", "pretrained", "freeze_epochs", "input_size",
 ]
 # The network's shape, and what its outputs mean: a checkpoint is refused for test, predict or

@@ -69,7 +69,8 @@ HELP_SECTIONS = {
     "training (docs/training.md)":
         ("batch_size", "learning_rate", "momentum", "weight_decay", "l1", "lr_schedule",
          "lr_decay_epochs", "lr_decay_factor", "warmup_epochs", "nesterov", "no_decay_bn_bias",
-         "label_smoothing", "ema", "max_epoch", "save_interval", "seed"),
+         "label_smoothing", "ema", "muon_lr", "muon_momentum", "max_epoch", "save_interval",
+         "seed"),
     "recipes and budget (docs/training.md)":
         ("recipe", "budget_minutes", "final_epoch_share"),
     "speed techniques of airbench94 (docs/training.md)":

@@ -122,6 +122,65 @@ def test_a_failing_worker_stops_the_others(tmp_path):
     assert time.monotonic() - started < 30  # not the sleeper's 60 s
 
 
+def test_a_worker_stopped_for_anothers_failure_leaves_the_status_to_that_failure(tmp_path):
+    # rank 0 would run on; rank 1's failure stops it, and the status is rank 1's, not SIGTERM's
+    status, _ = run_workers("time.sleep(60) if r == 0 else sys.exit(4)", 2, (), tmp_path)
+    assert status == 4
+
+
+def signal_launcher_later(signums, delay=1.0):
+    """Send this process each of ``signums``, ``delay`` seconds apart, from a thread."""
+    import threading
+
+    def send():
+        for signum in signums:
+            time.sleep(delay)
+            os.kill(os.getpid(), signum)
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+# A worker that stops slowly on SIGINT with 130, rank 1 failing at once with 1.
+SLOW_STOP = ("import signal\n"
+             "def stop(*_):\n"
+             "    if r == 1: os._exit(1)\n"
+             "    time.sleep(2); os._exit(130)\n"
+             "signal.signal(signal.SIGINT, stop)\n"
+             "time.sleep(60)\n")
+
+
+def test_a_stop_by_signal_is_not_cut_short_when_one_worker_exits_first(tmp_path):
+    received = []
+    thread = signal_launcher_later([signal.SIGINT])
+    status = launch.run([sys.executable, "-c", WORKER + SLOW_STOP, str(tmp_path)], 2,
+                        signals=received)
+    thread.join()
+    assert received == [signal.SIGINT]
+    assert status == 130  # rank 0 stopped as it chose, not by the launcher's SIGTERM (143)
+
+
+def test_a_second_ctrl_c_kills_workers_that_ignore_the_first(tmp_path):
+    ignore = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"
+    started = time.monotonic()
+    thread = signal_launcher_later([signal.SIGINT, signal.SIGINT])
+    status = launch.run([sys.executable, "-c", WORKER + ignore, str(tmp_path)], 2)
+    thread.join()
+    assert status == 128 + signal.SIGKILL
+    assert time.monotonic() - started < 30
+
+
+def test_a_ctrl_c_while_processes_are_timed_stops_the_run(monkeypatch, tmp_path):
+    def interrupted_run(command, count, ids, signals, **kwargs):
+        signals.append(signal.SIGINT)
+        return 130
+    monkeypatch.setattr(launch, "run", interrupted_run)
+    config = Config(network="airbench", width_scale=0.25, device="cpu", amp="off")
+    found = cores.Cores(2, (0, 1), "the cores this process may run on")
+    with pytest.raises(KeyboardInterrupt):
+        choice.time_processes(config, found, choice.timing_cache.Off())
+
+
 def test_what_the_launcher_decided_reaches_the_workers_beside_the_command_line(tmp_path):
     code = ("import json, os, sys; from trainer.parallel import launch; "
             "json.dump([launch.decided(), sys.argv[1:]], open(os.path.join(sys.argv[1], "

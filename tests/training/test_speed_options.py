@@ -47,6 +47,8 @@ OPTIONS = {
     # the whitening layer's bias learns in steps 1 to 3 of 6, so it stops after the resume
     "whiten_bias_share": dict(network="airbench", width_scale=0.125, whiten=True,
                               whiten_bias_share=0.4),
+    "muon_lr": dict(network="airbench", width_scale=0.125, whiten=True, muon_lr=0.2,
+                    nesterov=True, momentum=0.5),
 }
 
 

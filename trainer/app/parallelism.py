@@ -76,12 +76,18 @@ def time_processes(config: Config, found: machine_cores.Cores, cache) -> Optiona
         return remembered
     with tempfile.TemporaryDirectory(prefix="resnet-cifar-probe-") as folder:
         config_path, out_path = os.path.join(folder, "config.json"), os.path.join(folder, "out")
+        values = config.to_dict()
+        if values.get("pretrained_file"):  # the probe runs in the repository's folder
+            values["pretrained_file"] = os.path.abspath(values["pretrained_file"])
         with open(config_path, "w") as f:
-            json.dump(config.to_dict(), f)
+            json.dump(values, f)
         command = [sys.executable, "-m", "trainer.app.probe", config_path, out_path]
-        status = launch.run(command, found.count, found.ids,
+        received = []
+        status = launch.run(command, found.count, found.ids, signals=received, cwd=ROOT,
                             environ={"PYTHONPATH": os.pathsep.join(
                                 p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)})
+        if received:  # Ctrl-C or SIGTERM during the timing: the user wants the run to stop
+            raise KeyboardInterrupt
         if status != 0 or not os.path.isfile(out_path):
             return None
         with open(out_path) as f:

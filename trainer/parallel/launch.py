@@ -3,10 +3,12 @@ in each, with RANK, WORLD_SIZE, LOCAL_RANK and a free port in its environment, o
 thread each (each pinned to its own core where the system allows).
 
 ``run`` starts them and waits. A signal the launcher receives (SIGINT, SIGTERM) is passed to every
-worker, which stops the run cleanly (trainer.training.stop_requests); a worker that fails makes the
-launcher stop the others; and where the system allows (Linux), a worker whose launcher is killed
-outright gets SIGTERM, so nothing trains on unseen. The exit status is the first rank's, or the
-first failure's where the first rank succeeded.
+worker, which stops the run cleanly (trainer.training.stop_requests); a second SIGINT (Ctrl-C
+again) kills them at once. A worker that fails makes the launcher stop the others (unless a signal
+is already stopping them all: then they have GRACE_SECONDS before they are killed); and where the
+system allows (Linux), a worker whose launcher is killed outright gets SIGTERM, so nothing trains
+on unseen. The exit status is the first rank's, or the first failure's where the first rank
+succeeded.
 """
 import contextlib
 import ctypes
@@ -52,10 +54,12 @@ def _pinned_to(core):
 
 
 def run(command: list, count: int, cores: tuple = (), started: float = None,
-        environ: dict = None, decided: dict = None, poll_seconds: float = 0.1) -> int:
+        environ: dict = None, decided: dict = None, poll_seconds: float = 0.1,
+        signals: list = None, cwd: str = None) -> int:
     """Run ``command`` as ``count`` workers (worker i pinned to cores[i] where given; ``environ``
-    added to their environment; ``decided``: configuration values for them, see ``decided``) and
-    wait for all of them; return the exit status (see the module's docstring)."""
+    added to their environment; ``decided``: configuration values for them, see ``decided``; in
+    the folder ``cwd``, else this process's) and wait for all of them; return the exit status (see
+    the module's docstring). The signals received meanwhile are appended to ``signals``."""
     started = time.monotonic() if started is None else started
     environ = dict(environ or {})
     if decided:
@@ -63,11 +67,16 @@ def run(command: list, count: int, cores: tuple = (), started: float = None,
     port = free_port()
     workers = []
     forwarding = {}
+    received = [] if signals is None else signals
 
     def forward(signum, frame):
+        again = bool(received) and signum == signal.SIGINT
+        received.append(signum)
+        if again:
+            print("SIGINT again: stopping the workers at once.", file=sys.stderr, flush=True)
         for worker in workers:
             if worker.poll() is None:
-                worker.send_signal(signum)
+                worker.kill() if again else worker.send_signal(signum)
 
     for s in (signal.SIGINT, signal.SIGTERM):
         forwarding[s] = signal.signal(s, forward)
@@ -77,8 +86,9 @@ def run(command: list, count: int, cores: tuple = (), started: float = None,
         for rank in range(count):
             core = cores[rank] if rank < len(cores) else None
             env = dict(worker_environment(rank, count, port, started), **(environ or {}))
-            workers.append(subprocess.Popen(command, env=env, preexec_fn=_pinned_to(core)))
-        return _wait(workers, poll_seconds)
+            workers.append(subprocess.Popen(command, env=env, cwd=cwd,
+                                            preexec_fn=_pinned_to(core)))
+        return _wait(workers, poll_seconds, received)
     finally:
         for worker in workers:  # after an error of the launcher itself
             if worker.poll() is None:
@@ -88,8 +98,11 @@ def run(command: list, count: int, cores: tuple = (), started: float = None,
             signal.signal(s, handler)
 
 
-def _wait(workers: list, poll_seconds: float) -> int:
-    """Wait for every worker; once one fails, give the others GRACE_SECONDS, then kill them."""
+def _wait(workers: list, poll_seconds: float, received: list) -> int:
+    """Wait for every worker; once one fails, stop the others (unless a signal in ``received``
+    is stopping them already), give them GRACE_SECONDS, then kill them. A worker the launcher
+    stopped does not set the exit status: the failure that made it stop them does."""
+    failure, stopped = None, set()
     failed_at = None
     while True:
         codes = [worker.poll() for worker in workers]
@@ -97,20 +110,28 @@ def _wait(workers: list, poll_seconds: float) -> int:
             break
         if failed_at is None and any(code not in (None, 0) for code in codes):
             failed_at = time.monotonic()
-            for worker, code in zip(workers, codes):
-                if code is None:
+            failure = next(code for code in codes if code not in (None, 0))
+            for rank, (worker, code) in enumerate(zip(workers, codes)):
+                if code is None and not received:
                     worker.terminate()
+                    stopped.add(rank)
         elif failed_at is not None and time.monotonic() - failed_at > GRACE_SECONDS:
-            for worker, code in zip(workers, codes):
+            for rank, (worker, code) in enumerate(zip(workers, codes)):
                 if code is None:
                     worker.kill()
+                    stopped.add(rank)
         time.sleep(poll_seconds)
+    if 0 in stopped and failure is not None:
+        return _status(failure)
     if codes[0] != 0:
-        return codes[0] if codes[0] > 0 else 128 - codes[0]
+        return _status(codes[0])
     failures = [code for code in codes if code != 0]
-    if not failures:
-        return 0
-    return failures[0] if failures[0] > 0 else 128 - failures[0]
+    return _status(failures[0]) if failures else 0
+
+
+def _status(code: int) -> int:
+    """A worker's exit code as a shell reports it: 128 + N for a worker killed by signal N."""
+    return code if code > 0 else 128 - code
 
 
 def decided(environ=None) -> dict:

@@ -55,7 +55,8 @@ LEGACY_CONFIG = {"dataset": "cifar10", "label_mode": "fine", "network": "resnet"
                  "sync_bn": False, "budget_minutes": 0.0, "recipe": "course",
                  "bias_lr_scale": 1.0, "decoupled": False, "lookahead": False,
                  "lookahead_decay": 0.95 ** 5, "lookahead_every": 5, "translate": 4,
-                 "flip": "random", "whiten_bias_share": 1.0}
+                 "flip": "random", "whiten_bias_share": 1.0, "muon_lr": 0.0,
+                 "muon_momentum": 0.6}
 
 
 class CheckpointError(RuntimeError):

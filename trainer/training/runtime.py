@@ -11,7 +11,7 @@ import ImageUtils
 from NetWork import build_network
 from configure import Config, ConfigError, applies
 from trainer.parallel import distributed
-from trainer.training import pretrained
+from trainer.training import orthogonal, pretrained
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -182,18 +182,38 @@ def rate_scale(config: Config) -> float:
     return config.batch_size / (1024 * (1 + 1 / (1 - config.momentum)))
 
 
-def optimizer(network: torch.nn.Module, config: Config) -> torch.optim.SGD:
+def optimizer(network: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
     """SGD with momentum (Nesterov's with --nesterov) over ``parameter_groups``. Under
     --decoupled SGD's decay is weight_decay / learning_rate, so that the shrink of a step,
-    rate times decay, is weight_decay * rate_scale at the full schedule, whatever the rate."""
+    rate times decay, is weight_decay * rate_scale at the full schedule, whatever the rate.
+    With --muon_lr the filters form a last group of orthogonalized steps (``filter_group``)."""
     decay = config.weight_decay / config.learning_rate if config.decoupled else \
         config.weight_decay
     early = network.whiten.bias if applies("whiten_bias_share", config.network) else None
-    return torch.optim.SGD(
-        parameter_groups(network, decay, config.no_decay_bn_bias, config.bias_lr_scale,
-                         early, config.whiten_bias_share),
-        lr=config.learning_rate * rate_scale(config), momentum=config.momentum,
-        nesterov=config.nesterov)
+    groups = parameter_groups(network, decay, config.no_decay_bn_bias, config.bias_lr_scale,
+                              early, config.whiten_bias_share)
+    rate = config.learning_rate * rate_scale(config)
+    if not config.muon_lr:
+        return torch.optim.SGD(groups, lr=rate, momentum=config.momentum,
+                               nesterov=config.nesterov)
+    return orthogonal.OrthogonalSGD(filter_group(groups, config), lr=rate,
+                                    momentum=config.momentum, nesterov=config.nesterov)
+
+
+def filter_group(groups: list, config: Config) -> list:
+    """``groups`` with every convolution filter (4-D parameter) moved to a last, orthogonalized
+    group: no weight decay, --muon_momentum, and an ``lr_scale`` that makes its rate --muon_lr
+    at the schedule's full rate (the training loop multiplies the schedule's SGD rate by it)."""
+    filters = [p for group in groups for p in group["params"] if p.dim() == 4]
+    taken = {id(p) for p in filters}
+    kept = []
+    for group in groups:
+        group = dict(group, params=[p for p in group["params"] if id(p) not in taken])
+        if group["params"]:
+            kept.append(group)
+    scale = config.muon_lr / (config.learning_rate * rate_scale(config))
+    return kept + [{"params": filters, "weight_decay": 0.0, "momentum": config.muon_momentum,
+                    "lr_scale": scale, "orthogonal": True}]
 
 
 def scaler(rt: Runtime) -> torch.amp.GradScaler:
