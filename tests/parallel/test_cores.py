@@ -319,6 +319,22 @@ def test_a_refused_folder_is_refused_before_any_timing(cifar, tmp_path):
     assert "--overwrite" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_held_folder_or_missing_data_is_refused_before_any_timing(cifar, tmp_path):
+    from trainer.run import checkpoints
+    held = tmp_path / "held"
+    held.mkdir()
+    with checkpoints.RunLock(str(held)):  # another run is using it
+        r = run_main(["--mode", "train", "--data_dir", cifar, "--modeldir", str(held),
+                      "--max_epoch", "1", "--cpu_processes", "0", *FLAGS])
+    assert r.returncode == 1 and "cores:" not in r.stdout, r.stdout + r.stderr
+    assert "another training run" in r.stderr and "Traceback" not in r.stderr
+    r = run_main(["--mode", "train", "--data_dir", str(tmp_path / "nothing"), "--no_download",
+                  "--modeldir", str(tmp_path / "new"), "--max_epoch", "1", "--cpu_processes", "0",
+                  *FLAGS])
+    assert r.returncode == 1 and "cores:" not in r.stdout, r.stdout + r.stderr
+    assert "nothing" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.skipif(not LINUX, reason="a worker learns of its launcher's death on Linux only")
 def test_workers_of_a_killed_launcher_save_and_stop(cifar, tmp_path):
     modeldir = str(tmp_path / "killed")

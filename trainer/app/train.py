@@ -83,7 +83,7 @@ def use_cores(config: Config, resume, overwrite: bool,
         _, ckpt = state.resume_source(config.modeldir, resume, lambda *a: None)
         config.cpu_processes = int(ckpt["config"].get("cpu_processes") or 1)
     if config.cpu_processes == 0:  # refused at once, not after the timing
-        check_modeldir(config, resume, overwrite)
+        refuse_early(config, resume, overwrite)
     decision = parallelism.decide(config, cores.usable())
     if decision.amp is not None:
         config.amp = decision.amp
@@ -95,6 +95,20 @@ def use_cores(config: Config, resume, overwrite: bool,
     if decision.amp is not None:
         decided["amp"] = decision.amp
     return Workers(decision.processes, decision.cores, decided)
+
+
+def refuse_early(config: Config, resume, overwrite: bool) -> None:
+    """What train_run would refuse, checked before a minute is spent timing the cores: a missing
+    TensorBoard, a folder another run holds or that this command may not use, and data that is
+    missing (fetched now where --download allows, so that no download slows the timing)."""
+    if config.tensorboard:
+        tensorboard_log.require_tensorboard()
+        tensorboard_log.check_logdir(config.tensorboard)
+    if os.path.isdir(config.modeldir):
+        with checkpoints.RunLock(config.modeldir):  # held by a running run: refused here
+            pass
+    check_modeldir(config, resume, overwrite)
+    dataset.ensure_data(config)
 
 
 def network_name(config: Config) -> str:
