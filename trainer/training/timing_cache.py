@@ -89,9 +89,12 @@ def _read(file: str) -> dict:
     return data["seconds_per_image"]
 
 
+_WARNED = set()  # (file, warning) already said by this process: a run makes several caches
+
+
 class TimingCache:
     """The remembered seconds per image of a run's step, keyed by ``key``. Problems with the file
-    are said once through ``log`` and leave the run to time its steps."""
+    are said once per process through ``log`` and leave the run to time its steps."""
 
     def __init__(self, file: Optional[str] = "default", log=print):
         self.file = path() if file == "default" else file
@@ -103,8 +106,13 @@ class TimingCache:
             try:
                 self.entries = _read(self.file)
             except CacheError as e:
-                self.log(f"warning: {e}; the steps are timed and nothing is remembered.")
+                self.warn(f"warning: {e}; the steps are timed and nothing is remembered.")
                 self.usable = False
+
+    def warn(self, line: str) -> None:
+        if (self.file, line) not in _WARNED:
+            _WARNED.add((self.file, line))
+            self.log(line)
 
     def get(self, entry: str) -> Optional[float]:
         value = self.entries.get(entry) if self.usable else None
@@ -117,7 +125,7 @@ class TimingCache:
         try:
             entries = _read(self.file)
         except CacheError as e:
-            self.log(f"warning: {e}; nothing is remembered.")
+            self.warn(f"warning: {e}; nothing is remembered.")
             self.usable = False
             return
         entries.update(values)
@@ -128,7 +136,7 @@ class TimingCache:
                                                      "seconds_per_image": entries}, indent=1),
                               OSError, f"{CACHE_ENV} (or set it to off)")
         except OSError as e:
-            self.log(f"warning: the step times are not remembered: {e}")
+            self.warn(f"warning: the step times are not remembered: {e}")
             self.usable = False
 
     def lookup(self, model) -> Optional[float]:
