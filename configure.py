@@ -38,7 +38,7 @@ RECIPE_SPEED = {"network": "airbench", "width_scale": 0.0, "whiten": True, "batc
                 "decoupled": True, "learning_rate": 11.5, "weight_decay": 0.0153,
                 "momentum": 0.85, "nesterov": True, "bias_lr_scale": 64.0,
                 "whiten_bias_share": 0.3, "label_smoothing": 0.2, "lr_schedule": "triangle",
-                "lookahead": True,
+                "lookahead": True, "muon_lr": 0.12,
                 "flip": "alternating", "translate": 2, "pad_mode": "reflect",
                 "normalize": "dataset", "tta": "six", "max_epoch": 10, "cpu_processes": 0}
 # --recipe transfer: fine-tune torchvision's ImageNet ResNet-50 (a DS542 CIFAR-100 report's
