@@ -29,6 +29,7 @@ VARIANTS = {
     "no_whiten": ["--no_whiten"],                        # the first layer learns from scratch
     "whiten_bias_all_run": ["--whiten_bias_share", "1"],  # not only the first 30% of steps
     "no_lookahead": ["--no_lookahead"],
+    "no_muon": ["--muon_lr", "0"],                        # SGD for the filters too
     "random_flip": ["--flip", "random"],                 # instead of alternating
     "translate_4_zero_pad": ["--translate", "4", "--pad_mode", "constant"],  # the paper's crops
     "no_label_smoothing": ["--label_smoothing", "0"],
