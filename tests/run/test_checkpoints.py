@@ -607,6 +607,8 @@ RUN_CHANGES = {
     "pretrained": ["--pretrained", "imagenet"],
     "freeze_epochs": ["--freeze_epochs", "1"],
     "input_size": ["--input_size", "64"],
+    "muon_lr": ["--muon_lr", "0.1"],
+    "muon_momentum": ["--muon_momentum", "0.5"],
 }
 # Flags of TINY that shape a ResNet only: a run of another network is given without them.
 RESNET_ONLY = ("--resnet_size", "--first_num_filters")
