@@ -163,22 +163,58 @@ def test_a_stop_by_signal_is_not_cut_short_when_one_worker_exits_first(tmp_path)
 def test_a_second_ctrl_c_kills_workers_that_ignore_the_first(tmp_path):
     ignore = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"
     started = time.monotonic()
-    thread = signal_launcher_later([signal.SIGINT, signal.SIGINT])
+    thread = signal_launcher_later([signal.SIGINT, signal.SIGINT], delay=1.5)
     status = launch.run([sys.executable, "-c", WORKER + ignore, str(tmp_path)], 2)
     thread.join()
     assert status == 128 + signal.SIGKILL
     assert time.monotonic() - started < 30
 
 
-def test_a_ctrl_c_while_processes_are_timed_stops_the_run(monkeypatch, tmp_path):
+# Workers that stop in a second with 130 on SIGINT, once each has its handler ("ready<rank>").
+CLEAN_STOP = ("import signal\n"
+              "def stop(*_):\n"
+              "    time.sleep(1); os._exit(130)\n"
+              "signal.signal(signal.SIGINT, stop)\n"
+              "open(os.path.join(sys.argv[1], f'ready{r}'), 'w').close()\n"
+              "time.sleep(60)\n")
+
+
+def test_one_ctrl_c_delivered_twice_at_once_still_stops_cleanly(tmp_path):
+    import threading
+
+    def send_twice():  # as from the terminal and from a wrapper that passes it on
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready{r}").exists() for r in range(2)):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+    thread = threading.Thread(target=send_twice, daemon=True)
+    thread.start()
+    received = []
+    status = launch.run([sys.executable, "-c", WORKER + CLEAN_STOP, str(tmp_path)], 2,
+                        signals=received)
+    thread.join()
+    assert received == [signal.SIGINT, signal.SIGINT]
+    assert status == 130  # the workers stopped as they chose, not killed (137)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_processes_are_timed_stops_the_run(monkeypatch, capsys, signum):
     def interrupted_run(command, count, ids, signals, **kwargs):
-        signals.append(signal.SIGINT)
-        return 130
+        signals.append(signum)
+        return 128 + signum
     monkeypatch.setattr(launch, "run", interrupted_run)
     config = Config(network="airbench", width_scale=0.25, device="cpu", amp="off")
     found = cores.Cores(2, (0, 1), "the cores this process may run on")
-    with pytest.raises(KeyboardInterrupt):
-        choice.time_processes(config, found, choice.timing_cache.Off())
+    if signum == signal.SIGINT:  # main says "interrupted" and exits with 130
+        with pytest.raises(KeyboardInterrupt):
+            choice.time_processes(config, found, choice.timing_cache.Off())
+    else:
+        with pytest.raises(SystemExit) as stopped:
+            choice.time_processes(config, found, choice.timing_cache.Off())
+        assert stopped.value.code == 143 and "SIGTERM" in capsys.readouterr().err
 
 
 def test_what_the_launcher_decided_reaches_the_workers_beside_the_command_line(tmp_path):
@@ -359,3 +395,17 @@ def test_workers_of_a_killed_launcher_save_and_stop(cifar, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_probe_gets_the_users_relative_paths_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESNET_CIFAR_TIMINGS", os.path.join("times", "steps.json"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # absolute already
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    added = choice.probe_environment()
+    # the probe runs in the repository's folder: a relative file would be another one
+    assert added["RESNET_CIFAR_TIMINGS"] == str(tmp_path / "times" / "steps.json")
+    assert "TORCH_HOME" not in added and "XDG_CACHE_HOME" not in added
+    assert added["PYTHONPATH"].split(os.pathsep)[0] == ROOT
+    monkeypatch.setenv("RESNET_CIFAR_TIMINGS", "off")
+    assert "RESNET_CIFAR_TIMINGS" not in choice.probe_environment()

@@ -96,6 +96,18 @@ def test_a_width_already_measured_is_not_timed_again(monkeypatch):
     assert timed == [1.0]
 
 
+def test_with_orthogonal_filter_steps_the_width_fits_nine_epochs(monkeypatch):
+    monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
+    timer = lambda width: 1e-3 * width ** 2  # noqa: E731  (an epoch: 50 * w**2 s)
+    lines = []
+    # 450 s: 9 epochs fit at width 1 (450 s), 10 only at 0.9375 (439 s)
+    assert sizing.choose(Config(network="airbench", muon_lr=0.12), 50000, 0, 450.0000001, timer,
+                         lines.append) == 1.0
+    assert "9 epochs" in lines[0]
+    assert sizing.choose(Config(network="airbench"), 50000, 0, 450.0000001, timer,
+                         lambda *a: None) == 0.9375
+
+
 def test_width_zero_without_a_budget_is_the_published_network():
     cfg = Config(network="airbench", width_scale=0.0)
     sizing.resolve(cfg, None, None, None, 0, 0.0)

@@ -18,13 +18,15 @@ def test_the_key_holds_what_times_a_step_and_nothing_else():
     base = timing_cache.key(Config(recipe="speed").apply_recipe(), cpu, 1, 2)
     for untimed in (dict(learning_rate=1.0), dict(seed=3), dict(budget_minutes=7.0),
                     dict(modeldir="elsewhere"), dict(max_epoch=3), dict(cpu_processes=2),
-                    dict(device="cpu")):  # "auto" on a CPU, as a launcher's worker names it
+                    dict(device="cpu"),  # "auto" on a CPU, as a launcher's worker names it
+                    dict(muon_lr=0.24), dict(muon_momentum=0.9)):
         config = Config(recipe="speed").apply_recipe()
         for k, v in untimed.items():
             setattr(config, k, v)
         assert timing_cache.key(config, cpu, 1, 2) == base, untimed
     for timed in (dict(width_scale=0.5), dict(amp="bf16"), dict(batch_size=512),
-                  dict(translate=0), dict(lookahead=False), dict(channels_last="off")):
+                  dict(translate=0), dict(lookahead=False), dict(channels_last="off"),
+                  dict(muon_lr=0.0)):
         config = Config(recipe="speed").apply_recipe()
         for k, v in timed.items():
             setattr(config, k, v)

@@ -16,6 +16,7 @@ resume bit for bit).
 """
 import json
 import os
+import signal
 import sys
 import tempfile
 from typing import NamedTuple, Optional
@@ -33,6 +34,9 @@ from trainer.training import precision, sizing, timing_cache
 # interpreter each and hold the data once each, which a near tie does not pay for.
 PROCESSES_MARGIN = 1.1
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+# Variables that may hold a path relative to the user's folder: the probe runs in ROOT, so it is
+# given them absolute (its step times then go to the file this run reads).
+PATH_VARIABLES = (timing_cache.CACHE_ENV, "XDG_CACHE_HOME", "HOME", "TORCH_HOME")
 
 
 class Decision(NamedTuple):
@@ -66,6 +70,17 @@ def time_threads(config: Config, count: int, cache) -> tuple:
     return None, sizing.seconds_per_image(model, images, labels, cache=cache), None
 
 
+def probe_environment() -> dict:
+    """What the probe's processes add to their environment: the repository on PYTHONPATH, and
+    PATH_VARIABLES made absolute."""
+    added = {"PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    for name in PATH_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value and value.lower() != "off" and not os.path.isabs(value):
+            added[name] = os.path.abspath(value)
+    return added
+
+
 def time_processes(config: Config, found: machine_cores.Cores, cache) -> Optional[float]:
     """Seconds per image of the run's step as ``found.count`` processes (trainer.app.probe,
     which remembers it in ``cache``'s file), or None where they failed (said on the standard
@@ -84,10 +99,13 @@ def time_processes(config: Config, found: machine_cores.Cores, cache) -> Optiona
         command = [sys.executable, "-m", "trainer.app.probe", config_path, out_path]
         received = []
         status = launch.run(command, found.count, found.ids, signals=received, cwd=ROOT,
-                            environ={"PYTHONPATH": os.pathsep.join(
-                                p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)})
+                            environ=probe_environment())
         if received:  # Ctrl-C or SIGTERM during the timing: the user wants the run to stop
-            raise KeyboardInterrupt
+            if received[0] != signal.SIGTERM:
+                raise KeyboardInterrupt
+            print("SIGTERM received while the cores were timed: stopped before training; "
+                  "nothing was saved.", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGTERM)
         if status != 0 or not os.path.isfile(out_path):
             return None
         with open(out_path) as f:

@@ -4,7 +4,8 @@ thread each (each pinned to its own core where the system allows).
 
 ``run`` starts them and waits. A signal the launcher receives (SIGINT, SIGTERM) is passed to every
 worker, which stops the run cleanly (trainer.training.stop_requests); a second SIGINT (Ctrl-C
-again) kills them at once. A worker that fails makes the launcher stop the others (unless a signal
+again, at least REPEAT_SECONDS after the first: one Ctrl-C can arrive twice, from the terminal and
+from a wrapper that passes it on) kills them at once. A worker that fails makes the launcher stop the others (unless a signal
 is already stopping them all: then they have GRACE_SECONDS before they are killed); and where the
 system allows (Linux), a worker whose launcher is killed outright gets SIGTERM, so nothing trains
 on unseen. The exit status is the first rank's, or the first failure's where the first rank
@@ -22,6 +23,7 @@ import time
 
 STARTED_ENV = "RESNET_CIFAR_STARTED"  # time.monotonic() when the launching command began
 DECIDED_ENV = "RESNET_CIFAR_DECIDED"  # JSON: configuration values the launcher settled
+REPEAT_SECONDS = 1.0  # a SIGINT this soon after the first is the same Ctrl-C
 GRACE_SECONDS = 30  # after a failure, how long the others have to stop before they are killed
 PR_SET_PDEATHSIG = 1
 
@@ -68,9 +70,13 @@ def run(command: list, count: int, cores: tuple = (), started: float = None,
     workers = []
     forwarding = {}
     received = [] if signals is None else signals
+    first_at = []
 
     def forward(signum, frame):
-        again = bool(received) and signum == signal.SIGINT
+        now = time.monotonic()
+        again = bool(first_at) and signum == signal.SIGINT and now - first_at[0] >= REPEAT_SECONDS
+        if not first_at:
+            first_at.append(now)
         received.append(signum)
         if again:
             print("SIGINT again: stopping the workers at once.", file=sys.stderr, flush=True)

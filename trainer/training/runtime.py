@@ -196,15 +196,19 @@ def optimizer(network: torch.nn.Module, config: Config) -> torch.optim.Optimizer
     if not config.muon_lr:
         return torch.optim.SGD(groups, lr=rate, momentum=config.momentum,
                                nesterov=config.nesterov)
-    return orthogonal.OrthogonalSGD(filter_group(groups, config), lr=rate,
+    first = network.whiten.weight if hasattr(network, "whiten") else None
+    return orthogonal.OrthogonalSGD(filter_group(groups, config, first), lr=rate,
                                     momentum=config.momentum, nesterov=config.nesterov)
 
 
-def filter_group(groups: list, config: Config) -> list:
-    """``groups`` with every convolution filter (4-D parameter) moved to a last, orthogonalized
-    group: no weight decay, --muon_momentum, and an ``lr_scale`` that makes its rate --muon_lr
-    at the schedule's full rate (the training loop multiplies the schedule's SGD rate by it)."""
-    filters = [p for group in groups for p in group["params"] if p.dim() == 4]
+def filter_group(groups: list, config: Config, first=None) -> list:
+    """``groups`` with every convolution filter (4-D parameter) but ``first`` moved to a last,
+    orthogonalized group: no weight decay, --muon_momentum, and an ``lr_scale`` that makes its
+    rate --muon_lr at the schedule's full rate (the training loop multiplies the schedule's SGD
+    rate by it). ``first`` is airbench's first layer (frozen whitening, or trained with
+    --no_whiten): no batch norm follows it, so the orthogonal step's rescaling of the filters
+    would change what it computes; it stays with SGD, as in airbench94_muon."""
+    filters = [p for group in groups for p in group["params"] if p.dim() == 4 and p is not first]
     taken = {id(p) for p in filters}
     kept = []
     for group in groups:

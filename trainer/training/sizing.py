@@ -3,7 +3,9 @@
 A recipe tuned for about ten epochs (airbench94: 9.9) is at its best with about that many; a
 narrower network fits more epochs into the same minutes and a wider one fewer. So the chooser
 picks the widest width (in steps of 1/16, from 1/4 to 2) at which TARGET_EPOCHS epochs fit into
-what is left of the budget, at the speed it measures on this machine.
+what is left of the budget, at the speed it measures on this machine; with --muon_lr, whose
+orthogonalized filter steps learn faster (airbench94_muon needs 8 epochs where airbench94 needs
+9.9), MUON_EPOCHS, so that the network is wider.
 
 Time per image grows with a network's multiply-accumulates (MACs), though more slowly (narrow
 layers use a processor less well): the chooser times the run's own training step
@@ -36,6 +38,7 @@ from trainer.training.batches import global_batch_sizes
 from trainer.training.step_timing import timing
 
 TARGET_EPOCHS = 10  # airbench94 trains 9.9 epochs
+MUON_EPOCHS = 9  # with --muon_lr (BENCHMARKS.md: 87.6% at width 0.375 in 9 epochs, 87.1% with SGD)
 WIDTHS = tuple(k / 16 for k in range(4, 33))  # 0.25 ... 2
 REFERENCE_WIDTH = 0.5
 TIMED_STEPS = 2  # steps timed per width, after one that warms up
@@ -78,6 +81,11 @@ def seconds_per_image(model, images: torch.Tensor, labels: torch.Tensor,
     return seconds
 
 
+def target_epochs(config) -> int:
+    """The epochs the chosen width is sized for: MUON_EPOCHS with --muon_lr, else TARGET_EPOCHS."""
+    return MUON_EPOCHS if config.muon_lr else TARGET_EPOCHS
+
+
 def pick(epoch_seconds, seconds: float, epochs: float = TARGET_EPOCHS) -> float:
     """The widest of WIDTHS whose ``epochs`` epochs (epoch_seconds(width) each) fit into
     ``seconds``; the narrowest when none does."""
@@ -105,15 +113,16 @@ def choose(config, train_images: int, valid_images: int, seconds: float, timer, 
     def estimate(width, exponent):
         return work * measured[REFERENCE_WIDTH] * (mac(width) / mac(REFERENCE_WIDTH)) ** exponent
 
-    first = pick(lambda w: estimate(w, 1.0), seconds)
+    epochs = target_epochs(config)
+    first = pick(lambda w: estimate(w, 1.0), seconds, epochs)
     exponent = 1.0
     if first != REFERENCE_WIDTH:
         measured[first] = timer(first)
         ratio = math.log(measured[first] / measured[REFERENCE_WIDTH]) / \
             math.log(mac(first) / mac(REFERENCE_WIDTH))
         exponent = min(max(ratio, EXPONENT_RANGE[0]), EXPONENT_RANGE[1])
-    width = pick(lambda w: estimate(w, exponent), seconds)
-    log(f"width for {seconds:.0f} s: {TARGET_EPOCHS} epochs of "
+    width = pick(lambda w: estimate(w, exponent), seconds, epochs)
+    log(f"width for {seconds:.0f} s: {epochs} epochs of "
         + ", ".join(f"{1 / measured[w]:.0f} img/s at width {w:g}" for w in sorted(measured))
         + f" -> --width_scale {width:g} (about {estimate(width, exponent):.0f} s an epoch)")
     return width

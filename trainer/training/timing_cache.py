@@ -31,7 +31,7 @@ UNTIMED = {"recipe", "budget_minutes", "dataset", "label_mode", "split_index", "
            "weight_decay", "lr_decay_epochs", "lr_decay_factor", "lr_schedule", "warmup_epochs",
            "final_epoch_share", "max_epoch", "save_interval", "seed", "plan_anchor", "tta",
            "eval_batch_size", "quiet", "tensorboard", "dist_timeout", "cpu_processes",
-           "whiten_bias_share", "lookahead_decay", "normalize", "pretrained_file",
+           "whiten_bias_share", "lookahead_decay", "normalize", "pretrained_file", "muon_momentum",
            "device"}  # named by machine(): "auto", "cpu" and a rank's cuda:N are one device
 
 
@@ -70,6 +70,7 @@ def machine(device: torch.device, processes: int, threads: int) -> str:
 def key(config, device: torch.device, processes: int, threads: int) -> str:
     """The entry of one step: the machine, and every field of config that times a step."""
     fields = {k: v for k, v in sorted(config.to_dict().items()) if k not in UNTIMED}
+    fields["muon_lr"] = bool(fields["muon_lr"])  # its rate does not time a step, its use does
     return machine(device, processes, threads) + " | " + json.dumps(fields, sort_keys=True)
 
 
