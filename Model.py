@@ -55,6 +55,7 @@ class MyModel:
         self.epoch = 0
         self.epoch_callbacks = []  # each called with an epoch's metrics once it is recorded
         self.started = time.monotonic()  # when the run began, for --budget_minutes
+        self.test_after = None  # --test: a budget.TestAfter, which the budget leaves time for
         self.epochs_trained = 0  # by the last call of train in this process
 
     def train(self, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray = None,

@@ -297,7 +297,7 @@ def test_a_frozen_start_is_timed_in_both_states_and_planned_at_the_free_speed(mo
     cfg = Config(network="resnet50", freeze_epochs=1, budget_minutes=1.0, lr_schedule="cosine",
                  lr_decay_epochs=(), device="cpu", amp="off", max_epoch=5)
     model = SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(),
-                            log=lambda *a: None)
+                            log=lambda *a: None, test_after=None)
     changes, timing = budget.fit(model, None, None, None)
     assert timed == [1, 2]
     assert changes["max_epoch"] == 15  # 58.8 s left at 4 s an epoch: 14.7 epochs
@@ -308,3 +308,46 @@ def test_a_frozen_start_is_timed_in_both_states_and_planned_at_the_free_speed(mo
         setattr(cfg, key, value)
     budget.replan(model, cfg, timing, 1, 1.5)  # the frozen epoch took 1.5 s: free ones 6 s
     assert seen == [pytest.approx(6.0)]
+
+
+def test_the_budget_sets_the_test_after_the_training_aside(monkeypatch):
+    """--mode train --test: the test after the training is timed before the plan and set aside,
+    so the run and its test together end within --budget_minutes; the replans set it aside too."""
+    from types import SimpleNamespace
+    from trainer.training.runtime import Runtime
+    monkeypatch.setattr(budget, "measure_steps", lambda model, images, labels, epoch=1: (0.4, 10))
+    monkeypatch.setattr(budget, "measure_validation", lambda model, x: 0.0)
+    monkeypatch.setattr(budget, "measure_save", lambda model: 0.0)
+    monkeypatch.setattr(budget, "measure_test", lambda model, save_seconds: 20.0)
+    cfg = Config(budget_minutes=1.0, lr_schedule="cosine", lr_decay_epochs=(), device="cpu",
+                 amp="off", max_epoch=5)
+    lines = []
+    model = SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(),
+                            log=lines.append, test_after=object())
+    changes, timing = budget.fit(model, None, None, None)
+    assert changes["max_epoch"] == 10  # 60 s less 20 s of test, at 4 s an epoch (15 without)
+    assert timing.test_seconds == 20.0 and "the test after 20 s" in lines[0], lines
+    seen = []
+    monkeypatch.setattr(budget_plan, "plan_epochs",
+                        lambda budget_s, spent, *a, **k: seen.append(spent) or 5.0)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    budget.replan(model, cfg, timing, 1, 4.0)
+    assert seen and seen[0] >= 20.0  # the test still to come counts as spent
+
+
+def test_the_test_timing_takes_a_batch_with_its_views_after_a_warm_up(tmp_path, monkeypatch):
+    calls = []
+    original = budget.evaluate.logits
+
+    def spy(model, x, *args, **kwargs):
+        calls.append((len(x), kwargs.get("tta")))
+        return original(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(budget.evaluate, "logits", spy)
+    x, _ = data(100)
+    model = MyModel(tiny_config(tmp_path, eval_batch_size=32), log=lambda *a: None)
+    assert budget.measure_test(model, 1.5) == 0.0 and calls == []  # no --test, nothing to time
+    model.test_after = budget.TestAfter(x, "six")
+    seconds = budget.measure_test(model, 1.5)
+    assert calls == [(32, "six"), (32, "six")] and seconds > 1.5  # the pass, and reading back

@@ -83,6 +83,19 @@ def test_validation_counts_a_third_of_a_training_pass_per_image(monkeypatch):
                          lambda *a: None) == 0.5
 
 
+def test_the_test_after_the_training_narrows_the_width_it_leaves_time_for(monkeypatch):
+    monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
+    timer = lambda width: 1e-3 * width ** 2  # noqa: E731  (an epoch: 50 * w**2 s)
+    lines = []
+    # 500 s: 10 epochs fit at width 1; a six-view test of 10,000 images (60,000 passes, a third
+    # of a training pass each) adds 0.4 of an epoch, which fits only at 0.9375
+    assert sizing.choose(Config(network="airbench"), 50000, 0, 500.0000001, timer,
+                         lambda *a: None) == 1.0
+    assert sizing.choose(Config(network="airbench"), 50000, 0, 500.0000001, timer,
+                         lines.append, test_passes=60000) == 0.9375
+    assert "the test (0.40 of an epoch)" in lines[0], lines
+
+
 def test_a_width_already_measured_is_not_timed_again(monkeypatch):
     monkeypatch.setattr(sizing, "macs", lambda config, width: 1e6 * width ** 2)
     timed = []

@@ -15,13 +15,13 @@ import Model
 from configure import Config, ConfigError
 from trainer.app import dataset, evaluate
 from trainer.app.console import USER_ERRORS, announce
-from trainer.evaluation.evaluate import to_image_tensor
+from trainer.evaluation.evaluate import to_image_tensor, views
 from trainer.app import parallelism
 from trainer.parallel import cores, distributed
 from trainer.reports import plots
 from trainer.reports import tensorboard_log
 from trainer.run import checkpoints, state
-from trainer.training import runtime, sizing
+from trainer.training import budget, runtime, sizing
 
 
 def check_modeldir(config: Config, resume, overwrite: bool) -> None:
@@ -47,15 +47,18 @@ def make_modeldir(modeldir: str) -> None:
 
 
 def choose_width(config: Config, x_train, y_train, x_valid, started: float,
-                 context: distributed.Context) -> None:
+                 context: distributed.Context, test_after: budget.TestAfter = None) -> None:
     """--width_scale 0 of a fresh run: the width sizing.resolve chooses, timing the models this
-    run would build (on a copy of the training split on the run's device)."""
+    run would build (on a copy of the training split on the run's device), leaving time for
+    the test that follows with --test (``test_after``)."""
     device = runtime.select_device(config.device)
     images = to_image_tensor(x_train).to(device)
     labels = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(device)
     sizing.resolve(config, lambda cfg: Model.MyModel(cfg, context=context), images, labels,
                    0 if x_valid is None else len(x_valid), started,
-                   log=print if context.is_main else (lambda *a: None))
+                   log=print if context.is_main else (lambda *a: None),
+                   test_passes=0 if test_after is None else
+                   len(test_after.images) * views(test_after.tta))
 
 
 class Workers(NamedTuple):
@@ -154,13 +157,15 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
                 x_train, y_train, x_valid, y_valid = DataReader.train_valid_split(
                     x_train, y_train, config.split_index)
             config.validate(n_train=len(x_train), world_size=context.world_size)
+            # --test: the test follows the training, within a budget too
+            test_after = None if test is None else budget.TestAfter(x_test, test.config.tta)
             if config.width_scale == 0:  # --recipe speed: the width for the budget
-                choose_width(config, x_train, y_train, x_valid, started, context)
+                choose_width(config, x_train, y_train, x_valid, started, context, test_after)
             if main_rank and not os.path.isdir(config.modeldir):
                 make_modeldir(config.modeldir)
                 held.enter_context(checkpoints.RunLock(config.modeldir))
         model = Model.MyModel(config, context=context)
-        model.started = started
+        model.started, model.test_after = started, test_after
         print(f"training {network_name(config)} on {len(x_train)} images"
               + (f", validating on {len(x_valid)}" if x_valid is not None else "")
               + f", device {model.device}"

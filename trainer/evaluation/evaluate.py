@@ -71,6 +71,11 @@ def logits(model, x: np.ndarray, desc: str = "evaluating", y: np.ndarray = None,
 SIX_VIEWS = ((0, 0, 0.25), (-1, -1, 0.125), (1, 1, 0.125))
 
 
+def views(tta: str) -> int:
+    """Network passes per image of test-time augmentation ``tta``."""
+    return {"six": 2 * len(SIX_VIEWS), "flip": 2}.get(tta, 1)
+
+
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """(B, C, H, W) -> the same, content moved dy pixels down and dx right, edges reflected."""
     pad = max(abs(dy), abs(dx))

@@ -5,8 +5,10 @@ This module measures; trainer.training.budget_plan decides. Before the first epo
 real steps, the run put back as it was; with --freeze_epochs, steps of the free backbone, which
 most epochs train), a validation batch after one that warms up, and a real checkpoint written to
 disk (a temporary beside the checkpoints, removed again), counted for each epoch's model-best.ckpt
-and its share of the numbered ones (--save_interval); the plan fits as many epochs into what is
-left as those times allow.
+and its share of the numbered ones (--save_interval), and with --test (``model.test_after``) the
+test that follows the training (one pass over the test images with their views, as a sample batch
+takes it, and reading the checkpoint back, about as long as writing one); the plan fits as many
+epochs into what is left, the test set aside, as those times allow.
 Everything before it (loading the data, --amp auto, the width of --recipe speed, the timing
 itself, and with --compile the compilation its warm-up step does) is time already spent. After
 every epoch but the last, ``replan`` plans the rest again from that epoch's real training time,
@@ -18,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from configure import applies
@@ -33,6 +36,14 @@ TIMING_SECONDS = 2.0  # past MIN_TIMED steps, no more are timed once this much t
 
 
 @dataclass
+class TestAfter:
+    """The test --mode train --test runs once the training ends, which a budget leaves time for:
+    the test images (N, 32, 32, 3) and the test-time augmentation the test uses."""
+    images: np.ndarray
+    tta: str
+
+
+@dataclass
 class Timing:
     """What a plan was made from: seconds of one training step, steps an epoch, seconds of a
     validation pass and of an epoch's checkpoints, and of the last epoch (for the log)."""
@@ -42,6 +53,7 @@ class Timing:
     save_seconds: float
     last_epoch_seconds: float = 0.0
     frozen_step_seconds: float = 0.0  # --freeze_epochs: a step with the backbone frozen
+    test_seconds: float = 0.0  # --test: the test after the training, set aside
 
     @property
     def train_seconds(self) -> float:
@@ -64,21 +76,38 @@ def measure_steps(model, images: torch.Tensor, labels: torch.Tensor, epoch: int 
         return sum(times) / len(times), timer.steps_per_epoch
 
 
-def measure_validation(model, x_valid) -> float:
-    """Seconds of one validation pass over this rank's share of x_valid, from one batch timed
-    after one that warms up (compiling with --compile, autotuning cuDNN); 0 without validation."""
-    if x_valid is None or not len(x_valid):
+def measure_pass(model, x, tta: str) -> float:
+    """Seconds of one evaluation pass over this rank's share of ``x`` with test-time
+    augmentation ``tta``, from one batch timed after one that warms up (compiling with
+    --compile, autotuning cuDNN); 0 for no images."""
+    if x is None or not len(x):
         return 0.0
     cfg, ctx, rt = model.config, model.dist, model.runtime
-    share = len(x_valid[distributed.share(len(x_valid), ctx.rank, ctx.world_size)])
-    sample = x_valid[:min(len(x_valid), cfg.eval_batch_size)]
-    evaluate.logits(model, sample, "timing validation", tta="off")  # the warm-up
+    share = len(x[distributed.share(len(x), ctx.rank, ctx.world_size)])
+    sample = x[:min(len(x), cfg.eval_batch_size)]
+    evaluate.logits(model, sample, "timing evaluation", tta=tta)  # the warm-up
     step_timing.synchronize(rt.device)
     begin = time.perf_counter()
-    evaluate.logits(model, sample, "timing validation", tta="off")
+    evaluate.logits(model, sample, "timing evaluation", tta=tta)
     step_timing.synchronize(rt.device)
     seconds = (time.perf_counter() - begin) * share / len(sample)
     return step_timing.slowest(seconds, rt)
+
+
+def measure_validation(model, x_valid) -> float:
+    """Seconds of one validation pass (no test-time augmentation) over this rank's share of
+    x_valid; 0 without validation."""
+    return measure_pass(model, x_valid, "off")
+
+
+def measure_test(model, save_seconds: float) -> float:
+    """Seconds of the test after the training (``model.test_after``; 0 without --test): its pass
+    over the test images with their views, and reading the checkpoint back, counted as
+    ``save_seconds``, what writing one takes."""
+    after = model.test_after
+    if after is None:
+        return 0.0
+    return measure_pass(model, after.images, after.tta) + save_seconds
 
 
 def measure_save(model) -> float:
@@ -104,8 +133,9 @@ def measure_save(model) -> float:
 
 
 def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
-    """The configuration values (budget_plan.planned_changes) that fit the run into
-    config.budget_minutes, counted from model.started, and the Timing they come from. The plan
+    """The configuration values (budget_plan.planned_changes) that fit the run, and with --test
+    the test after it, into config.budget_minutes, counted from model.started, and the Timing
+    they come from. The plan
     is printed. Under torchrun every rank takes the slowest rank's plan."""
     cfg, rt = model.config, model.runtime
     frozen_seconds = 0.0
@@ -115,10 +145,13 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
                                                   epoch=cfg.freeze_epochs + 1 if freezes(cfg)
                                                   else 1)
     saves = (1 if x_valid is not None and len(x_valid) else 0) + 1 / cfg.save_interval
+    save_seconds = measure_save(model)
     timing = Timing(step_seconds, steps_per_epoch, measure_validation(model, x_valid),
-                    saves * measure_save(model), frozen_step_seconds=frozen_seconds)
+                    saves * save_seconds, frozen_step_seconds=frozen_seconds,
+                    test_seconds=measure_test(model, save_seconds))
     spent = time.monotonic() - model.started
-    epochs = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent, timing.train_seconds,
+    epochs = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent + timing.test_seconds,
+                                     timing.train_seconds,
                                      timing.eval_seconds, timing.save_seconds)
     epochs = agreed(epochs, rt)
     changes = budget_plan.planned_changes(cfg, epochs, timing.epoch_seconds)
@@ -126,7 +159,9 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
     model.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
               f"{step_seconds * 1000:.0f} ms per step x {steps_per_epoch} steps = "
               f"{timing.train_seconds:.0f} s per epoch, validation {timing.eval_seconds:.1f} s, "
-              f"checkpoints {timing.save_seconds:.1f} s -> {budget_plan.describe(changes)} "
+              f"checkpoints {timing.save_seconds:.1f} s"
+              + (f", the test after {timing.test_seconds:.0f} s" if timing.test_seconds else "")
+              + f" -> {budget_plan.describe(changes)} "
               f"({cfg.lr_schedule} schedule)")
     return changes, timing
 
@@ -143,7 +178,7 @@ def replan(model, base, timing: Timing, epoch: int, train_seconds: float) -> dic
         # the last frozen epoch: its speed, carried over to the free ones that follow
         train_seconds *= timing.step_seconds / timing.frozen_step_seconds
     pending = timing.eval_seconds + timing.save_seconds  # this epoch's own, still to come
-    spent = time.monotonic() - model.started + pending
+    spent = time.monotonic() - model.started + pending + timing.test_seconds
     rest = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent, train_seconds,
                                    timing.eval_seconds, timing.save_seconds)
     rest = agreed(rest, model.runtime)

@@ -94,11 +94,13 @@ def pick(epoch_seconds, seconds: float, epochs: float = TARGET_EPOCHS) -> float:
 
 
 def choose(config, train_images: int, valid_images: int, seconds: float, timer, log=print,
-           measured=None) -> float:
+           measured=None, test_passes: int = 0) -> float:
     """The width for a run of ``seconds`` on ``train_images`` (validating ``valid_images`` each
-    epoch); ``timer(width)`` gives the seconds per training image at a width (tests give fake
-    ones); ``measured``: {width: seconds per image} already known."""
+    epoch), followed by a test of ``test_passes`` image views (--test: images x views), which
+    grows with the width as an epoch does; ``timer(width)`` gives the seconds per training image
+    at a width (tests give fake ones); ``measured``: {width: seconds per image} already known."""
     work = train_images + EVAL_SHARE * valid_images  # image-passes an epoch, in training units
+    test_share = EVAL_SHARE * test_passes / work  # the test, in epochs
     count = {}
 
     def mac(width):
@@ -114,15 +116,17 @@ def choose(config, train_images: int, valid_images: int, seconds: float, timer, 
         return work * measured[REFERENCE_WIDTH] * (mac(width) / mac(REFERENCE_WIDTH)) ** exponent
 
     epochs = target_epochs(config)
-    first = pick(lambda w: estimate(w, 1.0), seconds, epochs)
+    planned = epochs + test_share
+    first = pick(lambda w: estimate(w, 1.0), seconds, planned)
     exponent = 1.0
     if first != REFERENCE_WIDTH:
         measured[first] = timer(first)
         ratio = math.log(measured[first] / measured[REFERENCE_WIDTH]) / \
             math.log(mac(first) / mac(REFERENCE_WIDTH))
         exponent = min(max(ratio, EXPONENT_RANGE[0]), EXPONENT_RANGE[1])
-    width = pick(lambda w: estimate(w, exponent), seconds, epochs)
-    log(f"width for {seconds:.0f} s: {epochs} epochs of "
+    width = pick(lambda w: estimate(w, exponent), seconds, planned)
+    log(f"width for {seconds:.0f} s: {epochs} epochs"
+        + (f" and the test ({test_share:.2f} of an epoch)" if test_passes else "") + " of "
         + ", ".join(f"{1 / measured[w]:.0f} img/s at width {w:g}" for w in sorted(measured))
         + f" -> --width_scale {width:g} (about {estimate(width, exponent):.0f} s an epoch)")
     return width
@@ -154,13 +158,14 @@ def resolve_from_checkpoint(config, resume) -> None:
 
 
 def resolve(config, build, images: torch.Tensor, labels: torch.Tensor, valid_images: int,
-            started: float, log=print) -> None:
+            started: float, log=print, test_passes: int = 0) -> None:
     """Set a fresh run's config.width_scale when it is 0 (chosen): 1 for a network without a
     width or a run without a budget, else by ``choose``, timing the models ``build(config)``
     makes (Model.MyModel's) on the training ``images`` ((N, 3, 32, 32) uint8 on the run's
     device) and ``labels``. --amp auto on a CPU is settled first, on the reference network.
-    Under torchrun every rank times the same steps and sees the slowest rank's times, so every
-    rank chooses, and logs, the same width."""
+    ``test_passes``: the image views of a --test after the training (choose). Under torchrun
+    every rank times the same steps and sees the slowest rank's times, so every rank chooses,
+    and logs, the same width."""
     if config.width_scale != 0:
         return
     if not config.budget_minutes or not applies("width_scale", config.network):
@@ -190,4 +195,4 @@ def resolve(config, build, images: torch.Tensor, labels: torch.Tensor, valid_ima
 
     seconds = config.budget_minutes * 60 - (time.monotonic() - started)
     config.width_scale = choose(config, len(labels), valid_images, seconds, timer,
-                                lambda line: log(line + cache.said()), measured)
+                                lambda line: log(line + cache.said()), measured, test_passes)
