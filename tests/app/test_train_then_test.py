@@ -166,3 +166,26 @@ def test_a_budget_leaves_time_for_the_test(tmp_path, capsys):
     plan = [line for line in out.splitlines() if line.startswith("budget 0.15 min:")]
     assert plan and re.search(r", the test after \d+ s -> ", plan[0]), out
     assert os.path.isfile(os.path.join(root, "model", "test_report.json"))
+
+
+def test_the_test_runs_in_the_precision_the_training_settled_on(tmp_path, capsys, monkeypatch):
+    """--amp auto: the test after the training runs in what the training chose (bf16 here),
+    where --mode test would take auto on a CPU as fp32."""
+    import torch
+    import Model
+    from trainer.training import precision
+    monkeypatch.setattr(precision, "settle",
+                        lambda model, images, labels, cache=None: precision.set_amp(model, "bf16"))
+    tested_in = []
+    original = Model.MyModel.evaluate_checkpoints
+
+    def spy(self, *args, **kwargs):
+        tested_in.append(self.runtime.amp_dtype)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model.MyModel, "evaluate_checkpoints", spy)
+    root = str(tmp_path)
+    write_cifar(os.path.join(root, "data"), n_per_batch=16, n_test=N_TEST, seed=0)
+    code = run(["--mode", "train", *flags(root, *FAST), "--amp", "auto", "--test"])
+    assert code in (0, None), capsys.readouterr().err
+    assert tested_in == [torch.bfloat16]

@@ -140,6 +140,15 @@ def plan_test(config: Config, explicit) -> tuple:
     return train_config, test
 
 
+def in_precision(test: TestAfterTraining, amp: str) -> TestAfterTraining:
+    """The test in the precision its training settled on (``amp``: with --amp auto on a CPU, the
+    faster of bf16 and fp32 as measured at the start; a budget timed the test in it), where
+    --mode test would take --amp auto on a CPU as fp32."""
+    config = copy.copy(test.config)  # keeps what the recipe set
+    config.amp = amp
+    return dataclasses.replace(test, config=config)
+
+
 def test_trained_run(test: TestAfterTraining, test_set,
                      context: distributed.Context = distributed.SINGLE) -> dict:
     """The test of --mode train --test, once the run has trained: its newest checkpoint on the

@@ -175,7 +175,8 @@ def train_run(config: Config, resume=None, overwrite: bool = False, started: flo
         history = model.train(x_train, y_train, x_valid, y_valid, resume=resume,
                               overwrite=overwrite)
         if test is not None:  # while the lock keeps other runs out of the folder it writes in
-            evaluate.test_trained_run(test, (x_test, y_test), context)
+            evaluate.test_trained_run(evaluate.in_precision(test, config.amp),
+                                      (x_test, y_test), context)
     # A bonus: without matplotlib, no curves.png; nothing trained, nothing redrawn.
     if main_rank and model.epochs_trained and plots.matplotlib_available():
         try:
