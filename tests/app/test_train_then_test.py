@@ -159,12 +159,12 @@ def test_a_budget_leaves_time_for_the_test(tmp_path, capsys):
     root = str(tmp_path)
     write_cifar(os.path.join(root, "data"), n_per_batch=16, n_test=N_TEST, seed=0)
     code = run(["--mode", "train", *flags(root, "--recipe", "fast", "--warmup_epochs", "0"),
-                "--budget_minutes", "0.15", "--test"])
+                "--budget_minutes", "0.25", "--test"])
     captured = capsys.readouterr()
     out = captured.out
     assert code in (0, None), out + captured.err
-    plan = [line for line in out.splitlines() if line.startswith("budget 0.15 min:")]
-    assert plan and re.search(r", the test after \d+ s -> ", plan[0]), out
+    plan = [line for line in out.splitlines() if line.startswith("budget 0.25 min:")]
+    assert plan and re.search(r", the test after \d+\.\d s -> ", plan[0]), out
     assert os.path.isfile(os.path.join(root, "model", "test_report.json"))
 
 
@@ -189,3 +189,23 @@ def test_the_test_runs_in_the_precision_the_training_settled_on(tmp_path, capsys
     code = run(["--mode", "train", *flags(root, *FAST), "--amp", "auto", "--test"])
     assert code in (0, None), capsys.readouterr().err
     assert tested_in == [torch.bfloat16]
+
+
+@pytest.mark.parametrize("tta, passes", [("six", 6 * N_TEST), ("flip", 2 * N_TEST),
+                                         ("off", N_TEST)])
+def test_the_width_is_chosen_for_the_test_with_its_views(monkeypatch, tta, passes):
+    """--recipe speed --test: the width chooser leaves room for the test's image views."""
+    import numpy as np
+    from configure import Config
+    from trainer.app import train
+    from trainer.parallel import distributed
+    from trainer.training import budget, sizing
+    seen = []
+    monkeypatch.setattr(sizing, "resolve", lambda *a, test_passes=0, **k: seen.append(test_passes))
+    x = np.zeros((8, 32, 32, 3), np.uint8)
+    after = budget.TestAfter(np.zeros((N_TEST, 32, 32, 3), np.uint8), tta)
+    train.choose_width(Config(device="cpu"), x, np.zeros(8, np.int64), None, 0.0,
+                       distributed.SINGLE, after)
+    train.choose_width(Config(device="cpu"), x, np.zeros(8, np.int64), None, 0.0,
+                       distributed.SINGLE)
+    assert seen == [passes, 0]

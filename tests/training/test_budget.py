@@ -326,17 +326,36 @@ def test_the_budget_sets_the_test_after_the_training_aside(monkeypatch):
                             log=lines.append, test_after=object())
     changes, timing = budget.fit(model, None, None, None)
     assert changes["max_epoch"] == 10  # 60 s less 20 s of test, at 4 s an epoch (15 without)
-    assert timing.test_seconds == 20.0 and "the test after 20 s" in lines[0], lines
+    assert timing.test_seconds == 20.0 and "the test after 20.0 s" in lines[0], lines
     seen = []
     monkeypatch.setattr(budget_plan, "plan_epochs",
                         lambda budget_s, spent, *a, **k: seen.append(spent) or 5.0)
     for key, value in changes.items():
         setattr(cfg, key, value)
-    budget.replan(model, cfg, timing, 1, 4.0)
-    assert seen and seen[0] >= 20.0  # the test still to come counts as spent
+    budget.replan(model, cfg, timing, 1, 4.0)  # at the pace planned: the test as timed
+    budget.replan(model, cfg, timing, 2, 8.0)  # the machine at half the speed: the test too
+    assert 20.0 <= seen[0] < 21.0 and 40.0 <= seen[1] < 41.0, seen
+
+
+def test_a_budget_the_test_leaves_no_epoch_says_so(monkeypatch):
+    from types import SimpleNamespace
+    from configure import ConfigError
+    from trainer.training.runtime import Runtime
+    monkeypatch.setattr(budget, "measure_steps", lambda model, images, labels, epoch=1: (0.4, 10))
+    monkeypatch.setattr(budget, "measure_validation", lambda model, x: 0.0)
+    monkeypatch.setattr(budget, "measure_save", lambda model: 0.0)
+    monkeypatch.setattr(budget, "measure_test", lambda model, save_seconds: 59.9)
+    cfg = Config(budget_minutes=1.0, lr_schedule="cosine", lr_decay_epochs=(), device="cpu",
+                 amp="off", max_epoch=5)
+    model = SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(),
+                            log=lambda *a: None, test_after=object())
+    with pytest.raises(ConfigError, match=r"the test after it \(--test\) about 60 s\); give "
+                                          r"more minutes or drop --test\.$"):
+        budget.fit(model, None, None, None)
 
 
 def test_the_test_timing_takes_a_batch_with_its_views_after_a_warm_up(tmp_path, monkeypatch):
+    from types import SimpleNamespace
     calls = []
     original = budget.evaluate.logits
 
@@ -345,9 +364,13 @@ def test_the_test_timing_takes_a_batch_with_its_views_after_a_warm_up(tmp_path, 
         return original(model, x, *args, **kwargs)
 
     monkeypatch.setattr(budget.evaluate, "logits", spy)
+    clock = iter([10.0, 12.0])  # the timed batch: 2 s
+    monkeypatch.setattr(budget, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
     x, _ = data(100)
     model = MyModel(tiny_config(tmp_path, eval_batch_size=32), log=lambda *a: None)
     assert budget.measure_test(model, 1.5) == 0.0 and calls == []  # no --test, nothing to time
     model.test_after = budget.TestAfter(x, "six")
     seconds = budget.measure_test(model, 1.5)
-    assert calls == [(32, "six"), (32, "six")] and seconds > 1.5  # the pass, and reading back
+    assert calls == [(32, "six"), (32, "six")]  # a warm-up batch, then the timed one
+    # 100 images at 2 s per 32, and the checkpoint read back twice at 1.5 s each
+    assert seconds == pytest.approx(2.0 * 100 / 32 + 2 * 1.5)

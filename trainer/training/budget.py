@@ -7,8 +7,9 @@ most epochs train), a validation batch after one that warms up, and a real check
 disk (a temporary beside the checkpoints, removed again), counted for each epoch's model-best.ckpt
 and its share of the numbered ones (--save_interval), and with --test (``model.test_after``) the
 test that follows the training (one pass over the test images with their views, as a sample batch
-takes it, and reading the checkpoint back, about as long as writing one); the plan fits as many
-epochs into what is left, the test set aside, as those times allow.
+takes it, and reading the checkpoint back twice, each about as long as writing one); the plan fits
+as many epochs into what is left, the test set aside, as those times allow, and each replan sets
+the test aside at the pace the epochs go.
 Everything before it (loading the data, --amp auto, the width of --recipe speed, the timing
 itself, and with --compile the compilation its warm-up step does) is time already spent. After
 every epoch but the last, ``replan`` plans the rest again from that epoch's real training time,
@@ -102,12 +103,12 @@ def measure_validation(model, x_valid) -> float:
 
 def measure_test(model, save_seconds: float) -> float:
     """Seconds of the test after the training (``model.test_after``; 0 without --test): its pass
-    over the test images with their views, and reading the checkpoint back, counted as
-    ``save_seconds``, what writing one takes."""
+    over the test images with their views, and reading the checkpoint back (its configuration,
+    then its weights), each read counted as ``save_seconds``, what writing one takes."""
     after = model.test_after
     if after is None:
         return 0.0
-    return measure_pass(model, after.images, after.tta) + save_seconds
+    return measure_pass(model, after.images, after.tta) + 2 * save_seconds
 
 
 def measure_save(model) -> float:
@@ -154,13 +155,14 @@ def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
                                      timing.train_seconds,
                                      timing.eval_seconds, timing.save_seconds)
     epochs = agreed(epochs, rt)
-    changes = budget_plan.planned_changes(cfg, epochs, timing.epoch_seconds)
+    changes = budget_plan.planned_changes(cfg, epochs, timing.epoch_seconds,
+                                          set_aside=timing.test_seconds)
     timing.last_epoch_seconds = timing.epoch_seconds
     model.log(f"budget {cfg.budget_minutes:g} min: {spent:.0f} s spent starting, "
               f"{step_seconds * 1000:.0f} ms per step x {steps_per_epoch} steps = "
               f"{timing.train_seconds:.0f} s per epoch, validation {timing.eval_seconds:.1f} s, "
               f"checkpoints {timing.save_seconds:.1f} s"
-              + (f", the test after {timing.test_seconds:.0f} s" if timing.test_seconds else "")
+              + (f", the test after {timing.test_seconds:.1f} s" if timing.test_seconds else "")
               + f" -> {budget_plan.describe(changes)} "
               f"({cfg.lr_schedule} schedule)")
     return changes, timing
@@ -178,7 +180,10 @@ def replan(model, base, timing: Timing, epoch: int, train_seconds: float) -> dic
         # the last frozen epoch: its speed, carried over to the free ones that follow
         train_seconds *= timing.step_seconds / timing.frozen_step_seconds
     pending = timing.eval_seconds + timing.save_seconds  # this epoch's own, still to come
-    spent = time.monotonic() - model.started + pending + timing.test_seconds
+    # the test (--test) at the pace the epochs now go, which a busy machine slows alike
+    test_seconds = timing.test_seconds * train_seconds / timing.train_seconds \
+        if timing.train_seconds > 0 else timing.test_seconds
+    spent = time.monotonic() - model.started + pending + test_seconds
     rest = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent, train_seconds,
                                    timing.eval_seconds, timing.save_seconds)
     rest = agreed(rest, model.runtime)

@@ -90,17 +90,21 @@ def keep_past_decays(current, stretched, done: int, whole: int):
     return tuple(kept)
 
 
-def planned_changes(base, epochs: float, epoch_seconds: float, done: Done = None) -> dict:
+def planned_changes(base, epochs: float, epoch_seconds: float, done: Done = None,
+                    set_aside: float = 0.0) -> dict:
     """The configuration values a plan of ``epochs`` (possibly fractional) epochs changes, from
     ``base``, the configuration as the command line made it: max_epoch and final_epoch_share,
     the step schedule's decay epochs, a warm-up that came from a recipe (scaled to the same share
     of the run), and after ``done`` epochs of an earlier plan, the anchor the schedule goes on
     from. ConfigError when too little of an epoch fits, or when an explicit --warmup_epochs fills
-    the whole plan."""
+    the whole plan. ``set_aside``: seconds of the test after the training (--test), which the
+    refusal names."""
     if epochs < MIN_EPOCHS:
+        test = f", and the test after it (--test) about {set_aside:.0f} s" if set_aside else ""
         raise ConfigError(f"--budget_minutes {base.budget_minutes:g} leaves no time for one epoch "
                           f"at the measured speed, nor for a tenth of one (an epoch takes about "
-                          f"{epoch_seconds:.0f} s); give more minutes.")
+                          f"{epoch_seconds:.0f} s{test}); give more minutes"
+                          + (" or drop --test." if set_aside else "."))
     whole, share = split_epochs(epochs)
     changes = {"max_epoch": whole, "final_epoch_share": share}
     if base.lr_schedule == "step":
