@@ -154,17 +154,15 @@ def test_an_empty_test_set_is_refused_before_training(tmp_path, capsys):
     assert checkpoints.list_checkpoints(os.path.join(root, "model")) == []
 
 
-def test_a_budget_leaves_time_for_the_test(tmp_path, capsys):
+def test_a_budget_leaves_time_for_the_test(tmp_path):
     """--budget_minutes with --test: the plan sets the test after the training aside."""
     root = str(tmp_path)
     write_cifar(os.path.join(root, "data"), n_per_batch=16, n_test=N_TEST, seed=0)
-    code = run(["--mode", "train", *flags(root, "--recipe", "fast", "--warmup_epochs", "0"),
-                "--budget_minutes", "0.25", "--test"])
-    captured = capsys.readouterr()
-    out = captured.out
-    assert code in (0, None), out + captured.err
-    plan = [line for line in out.splitlines() if line.startswith("budget 0.25 min:")]
-    assert plan and re.search(r", the test after \d+\.\d s -> ", plan[0]), out
+    done = run_main(["--mode", "train", *flags(root, "--recipe", "fast", "--warmup_epochs", "0"),
+                     "--budget_minutes", "0.25", "--test"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    plan = [line for line in done.stdout.splitlines() if line.startswith("budget 0.25 min:")]
+    assert plan and re.search(r", the test after \d+\.\d s -> ", plan[0]), done.stdout
     assert os.path.isfile(os.path.join(root, "model", "test_report.json"))
 
 

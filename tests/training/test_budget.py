@@ -334,7 +334,8 @@ def test_the_budget_sets_the_test_after_the_training_aside(monkeypatch):
         setattr(cfg, key, value)
     budget.replan(model, cfg, timing, 1, 4.0)  # at the pace planned: the test as timed
     budget.replan(model, cfg, timing, 2, 8.0)  # the machine at half the speed: the test too
-    assert 20.0 <= seen[0] < 21.0 and 40.0 <= seen[1] < 41.0, seen
+    budget.replan(model, cfg, timing, 3, 2.0)  # faster than timed: the test as timed, no less
+    assert 20.0 <= seen[0] < 21.0 and 40.0 <= seen[1] < 41.0 and 20.0 <= seen[2] < 21.0, seen
 
 
 def test_a_budget_the_test_leaves_no_epoch_says_so(monkeypatch):
@@ -371,6 +372,6 @@ def test_the_test_timing_takes_a_batch_with_its_views_after_a_warm_up(tmp_path, 
     assert budget.measure_test(model, 1.5) == 0.0 and calls == []  # no --test, nothing to time
     model.test_after = budget.TestAfter(x, "six")
     seconds = budget.measure_test(model, 1.5)
-    assert calls == [(32, "six"), (32, "six")]  # a warm-up batch, then the timed one
+    assert calls == [(32, "off"), (32, "six")]  # one view warms up, then the timed batch
     # 100 images at 2 s per 32, and the checkpoint read back twice at 1.5 s each
     assert seconds == pytest.approx(2.0 * 100 / 32 + 2 * 1.5)

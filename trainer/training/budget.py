@@ -9,7 +9,7 @@ and its share of the numbered ones (--save_interval), and with --test (``model.t
 test that follows the training (one pass over the test images with their views, as a sample batch
 takes it, and reading the checkpoint back twice, each about as long as writing one); the plan fits
 as many epochs into what is left, the test set aside, as those times allow, and each replan sets
-the test aside at the pace the epochs go.
+the test aside again, grown as far as the epochs go slower than timed.
 Everything before it (loading the data, --amp auto, the width of --recipe speed, the timing
 itself, and with --compile the compilation its warm-up step does) is time already spent. After
 every epoch but the last, ``replan`` plans the rest again from that epoch's real training time,
@@ -79,14 +79,15 @@ def measure_steps(model, images: torch.Tensor, labels: torch.Tensor, epoch: int 
 
 def measure_pass(model, x, tta: str) -> float:
     """Seconds of one evaluation pass over this rank's share of ``x`` with test-time
-    augmentation ``tta``, from one batch timed after one that warms up (compiling with
-    --compile, autotuning cuDNN); 0 for no images."""
+    augmentation ``tta``, from one batch timed after one view of it that warms up (compiling
+    with --compile, autotuning cuDNN); 0 for no images."""
     if x is None or not len(x):
         return 0.0
     cfg, ctx, rt = model.config, model.dist, model.runtime
     share = len(x[distributed.share(len(x), ctx.rank, ctx.world_size)])
     sample = x[:min(len(x), cfg.eval_batch_size)]
-    evaluate.logits(model, sample, "timing evaluation", tta=tta)  # the warm-up
+    # the warm-up: one view (every view has the batch's shape, so it warms up all of them)
+    evaluate.logits(model, sample, "timing evaluation", tta="off")
     step_timing.synchronize(rt.device)
     begin = time.perf_counter()
     evaluate.logits(model, sample, "timing evaluation", tta=tta)
@@ -180,8 +181,9 @@ def replan(model, base, timing: Timing, epoch: int, train_seconds: float) -> dic
         # the last frozen epoch: its speed, carried over to the free ones that follow
         train_seconds *= timing.step_seconds / timing.frozen_step_seconds
     pending = timing.eval_seconds + timing.save_seconds  # this epoch's own, still to come
-    # the test (--test) at the pace the epochs now go, which a busy machine slows alike
-    test_seconds = timing.test_seconds * train_seconds / timing.train_seconds \
+    # the test (--test), slower as the epochs are where a busy machine slows them; never less
+    # than timed (a first step slowed by the start of something else shrinks it falsely)
+    test_seconds = timing.test_seconds * max(1.0, train_seconds / timing.train_seconds) \
         if timing.train_seconds > 0 else timing.test_seconds
     spent = time.monotonic() - model.started + pending + test_seconds
     rest = budget_plan.plan_epochs(cfg.budget_minutes * 60, spent, train_seconds,
