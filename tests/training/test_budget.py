@@ -310,20 +310,27 @@ def test_a_frozen_start_is_timed_in_both_states_and_planned_at_the_free_speed(mo
     assert seen == [pytest.approx(6.0)]
 
 
-def test_the_budget_sets_the_test_after_the_training_aside(monkeypatch):
-    """--mode train --test: the test after the training is timed before the plan and set aside,
-    so the run and its test together end within --budget_minutes; the replans set it aside too."""
+def timed_with_a_test(monkeypatch, test_seconds: float, log=lambda *a: None):
+    """A budget run's stand-in that budget.fit times as 10 steps of 0.4 s an epoch, with nothing
+    to validate or save, and a --test after it of ``test_seconds``; a 1-minute budget."""
     from types import SimpleNamespace
     from trainer.training.runtime import Runtime
     monkeypatch.setattr(budget, "measure_steps", lambda model, images, labels, epoch=1: (0.4, 10))
     monkeypatch.setattr(budget, "measure_validation", lambda model, x: 0.0)
     monkeypatch.setattr(budget, "measure_save", lambda model: 0.0)
-    monkeypatch.setattr(budget, "measure_test", lambda model, save_seconds: 20.0)
+    monkeypatch.setattr(budget, "measure_test", lambda model, save_seconds: test_seconds)
     cfg = Config(budget_minutes=1.0, lr_schedule="cosine", lr_decay_epochs=(), device="cpu",
                  amp="off", max_epoch=5)
+    return SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(), log=log,
+                           test_after=object())
+
+
+def test_the_budget_sets_the_test_after_the_training_aside(monkeypatch):
+    """--mode train --test: the test after the training is timed before the plan and set aside,
+    so the run and its test together end within --budget_minutes; the replans set it aside too."""
     lines = []
-    model = SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(),
-                            log=lines.append, test_after=object())
+    model = timed_with_a_test(monkeypatch, 20.0, lines.append)
+    cfg = model.config
     changes, timing = budget.fit(model, None, None, None)
     assert changes["max_epoch"] == 10  # 60 s less 20 s of test, at 4 s an epoch (15 without)
     assert timing.test_seconds == 20.0 and "the test after 20.0 s" in lines[0], lines
@@ -339,17 +346,8 @@ def test_the_budget_sets_the_test_after_the_training_aside(monkeypatch):
 
 
 def test_a_budget_the_test_leaves_no_epoch_says_so(monkeypatch):
-    from types import SimpleNamespace
     from configure import ConfigError
-    from trainer.training.runtime import Runtime
-    monkeypatch.setattr(budget, "measure_steps", lambda model, images, labels, epoch=1: (0.4, 10))
-    monkeypatch.setattr(budget, "measure_validation", lambda model, x: 0.0)
-    monkeypatch.setattr(budget, "measure_save", lambda model: 0.0)
-    monkeypatch.setattr(budget, "measure_test", lambda model, save_seconds: 59.9)
-    cfg = Config(budget_minutes=1.0, lr_schedule="cosine", lr_decay_epochs=(), device="cpu",
-                 amp="off", max_epoch=5)
-    model = SimpleNamespace(config=cfg, runtime=Runtime(cfg), started=time.monotonic(),
-                            log=lambda *a: None, test_after=object())
+    model = timed_with_a_test(monkeypatch, 59.9)
     with pytest.raises(ConfigError, match=r"the test after it \(--test\) about 60 s\); give "
                                           r"more minutes or drop --test\.$"):
         budget.fit(model, None, None, None)

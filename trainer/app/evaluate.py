@@ -154,8 +154,8 @@ def test_trained_run(test: TestAfterTraining, test_set,
     """The test of --mode train --test, once the run has trained: its newest checkpoint on the
     test set, as --mode test --modeldir would test it given the run's --amp (the same report;
     the test-time augmentation the checkpoint stores unless --tta was given), on ``test_set``
-    (x_test, y_test) that the run read already, and the report written to <modeldir>/test_report.json. Its wall
-    time and accuracy close the output. Under torchrun every rank takes part; rank 0 alone prints
+    (x_test, y_test) that the run read already, and the report written to
+    <modeldir>/test_report.json. Its wall time and accuracy close the output. Under torchrun every rank takes part; rank 0 alone prints
     and writes. Return the report."""
     began = time.monotonic()
     path = os.path.join(test.config.modeldir, checkpoints.TEST_REPORT)

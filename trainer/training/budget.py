@@ -137,8 +137,7 @@ def measure_save(model) -> float:
 def fit(model, images: torch.Tensor, labels: torch.Tensor, x_valid):
     """The configuration values (budget_plan.planned_changes) that fit the run, and with --test
     the test after it, into config.budget_minutes, counted from model.started, and the Timing
-    they come from. The plan
-    is printed. Under torchrun every rank takes the slowest rank's plan."""
+    they come from. The plan is printed. Under torchrun every rank takes the slowest rank's plan."""
     cfg, rt = model.config, model.runtime
     frozen_seconds = 0.0
     if freezes(cfg):  # the frozen epochs are the cheaper; the plan counts every epoch free
